@@ -1,0 +1,245 @@
+"""Settings: one model, read from defaults < TOML file < environment < command line.
+
+The TOML file is ``--config``, else ``$SESSIONSTORE_CONFIG``, else
+``$OPENJARVIS_HOME/learning/sessiond.toml`` when it exists. Environment variables
+are ``SESSIONSTORE_<NAME>`` (``SESSIONSTORE_BATCH_MAX=256``). Every default lives
+here and nowhere else; the README's configuration reference is generated from
+the same field descriptions (``sessionstore config --reference``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from sessionstore.errors import ConfigError
+
+CONFIG_ENV = "SESSIONSTORE_CONFIG"
+CONFIG_FILENAME = "sessiond.toml"
+DB_FILENAME = "distillation.db"
+SOCKET_FILENAME = "sessiond.sock"
+
+_toml_file: ContextVar[Path | None] = ContextVar("sessionstore_toml_file", default=None)
+
+
+def openjarvis_home() -> Path:
+    return Path(os.environ.get("OPENJARVIS_HOME") or "~/.openjarvis").expanduser()
+
+
+def default_learning_root() -> Path:
+    return openjarvis_home() / "learning"
+
+
+class Settings(BaseSettings):
+    """Everything the daemon, the client and the CLI can be told."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SESSIONSTORE_", extra="forbid", validate_default=True
+    )
+
+    learning_root: Path = Field(
+        default_factory=default_learning_root,
+        description="Learning root holding sessions/ and the index ($OPENJARVIS_HOME/learning).",
+    )
+    db_path: Path | None = Field(
+        default=None, description="The SQLite index (default <learning_root>/distillation.db)."
+    )
+    address: str | None = Field(
+        default=None,
+        description="Daemon address: ipc://PATH or tcp://HOST:PORT "
+        "(default ipc://<learning_root>/sessiond.sock; tcp://:PORT binds 127.0.0.1).",
+    )
+    durability: Literal["full", "normal"] = Field(
+        default="full",
+        description="SQLite synchronous level: full survives power loss; normal may lose "
+        "the last commits on power loss (never on a process crash).",
+    )
+    batch_max: int = Field(default=512, ge=1, le=100_000, description="Most saves per commit.")
+    batch_wait_ms: float = Field(
+        default=1.0,
+        ge=0,
+        le=1000,
+        description="How long the loop waits for more saves before committing a batch.",
+    )
+    max_message_bytes: int = Field(
+        default=1 << 20,
+        ge=4096,
+        le=1 << 30,
+        description="Largest accepted request frame; a bigger one drops the connection.",
+    )
+    high_water_mark: int = Field(
+        default=1000, ge=1, description="ZeroMQ send/receive high-water mark (messages)."
+    )
+    client_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds one client call may take, retries included."
+    )
+    max_in_flight: int = Field(
+        default=256, ge=1, description="Pipelined saves a client keeps unacknowledged at most."
+    )
+    checkpoint_mode: Literal["auto", "off"] = Field(
+        default="auto",
+        description="auto: the daemon checkpoints the WAL; off: leave it to an external "
+        "replicator (e.g. Litestream).",
+    )
+    checkpoint_interval: float = Field(
+        default=60.0, gt=0, description="Seconds between PASSIVE WAL checkpoints."
+    )
+    wal_truncate_bytes: int = Field(
+        default=64 << 20,
+        ge=0,
+        description="WAL size past which an idle loop runs a TRUNCATE checkpoint.",
+    )
+    reconcile_interval: float = Field(
+        default=300.0, gt=0, description="Seconds between reconcile passes."
+    )
+    reconcile_slice: int = Field(
+        default=100, ge=1, description="session.json files handled per loop slice."
+    )
+    integrity_interval: float = Field(
+        default=86_400.0, gt=0, description="Seconds between PRAGMA quick_check runs."
+    )
+    request_id_retention: float = Field(
+        default=7 * 86_400.0,
+        gt=0,
+        description="Seconds an applied request id is remembered for retry de-duplication.",
+    )
+    status_interval: float = Field(
+        default=10.0, gt=0, description="Seconds between systemd STATUS= refreshes."
+    )
+    curve_secret_key: Path | None = Field(
+        default=None,
+        description="Server CURVE secret key file; required for a non-loopback tcp:// bind.",
+    )
+    curve_allowed_dir: Path | None = Field(
+        default=None,
+        description="Directory of allowed client public keys (*.key) for CURVE.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = _toml_file.get()
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        self.learning_root = self.learning_root.expanduser()
+        if self.db_path is None:
+            self.db_path = self.learning_root / DB_FILENAME
+        self.db_path = self.db_path.expanduser()
+        if self.address is None:
+            self.address = f"ipc://{self.learning_root / SOCKET_FILENAME}"
+        self.address = normalise_address(self.address)
+        return self
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str | None) -> str | None:
+        return None if value is None else normalise_address(value)
+
+    @property
+    def index_path(self) -> Path:
+        assert self.db_path is not None  # filled by _derive_paths
+        return self.db_path
+
+    @property
+    def endpoint(self) -> str:
+        assert self.address is not None  # filled by _derive_paths
+        return self.address
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.learning_root / "sessions"
+
+
+def normalise_address(address: str) -> str:
+    """Check an address and make ``tcp://:PORT`` bind loopback; ValueError names the fault."""
+    if address.startswith("ipc://"):
+        if len(address) <= len("ipc://"):
+            raise ValueError("ipc:// address needs a socket path")
+        return address
+    if address.startswith("tcp://"):
+        host, sep, port = address[len("tcp://") :].rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"tcp address {address!r} needs a port: tcp://HOST:PORT")
+        return f"tcp://{host or '127.0.0.1'}:{port}"
+    raise ValueError(f"address {address!r} must start with ipc:// or tcp://")
+
+
+def is_loopback(address: str) -> bool:
+    """True for ipc:// and for tcp:// on a loopback host."""
+    if not address.startswith("tcp://"):
+        return True
+    host = address[len("tcp://") :].rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def config_file(explicit: str | Path | None = None) -> Path | None:
+    """Which TOML file to read: --config, $SESSIONSTORE_CONFIG, or the default if present."""
+    if explicit is not None:
+        return Path(explicit).expanduser()
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        return Path(from_env).expanduser()
+    default = default_learning_root() / CONFIG_FILENAME
+    return default if default.is_file() else None
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; any invalid value raises ConfigError naming key and problem.
+
+    ``overrides`` are command-line flags: None values are ignored so an unset flag
+    does not hide the environment or the file.
+    """
+    path = config_file(config)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    token = _toml_file.set(path)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as err:
+        raise ConfigError(_describe(err, path)) from None
+    except (OSError, ValueError) as err:  # unreadable or malformed TOML
+        raise ConfigError(f"config file {path}: {err}") from None
+    finally:
+        _toml_file.reset(token)
+
+
+def _describe(err: ValidationError, path: Path | None) -> str:
+    problems = []
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(settings)"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown setting")
+        else:
+            problems.append(f"{key}: {item['msg']} (got {item.get('input')!r:.80})")
+    where = f" (config file {path})" if path else ""
+    return "invalid setting" + where + ": " + "; ".join(problems)

@@ -1,0 +1,440 @@
+"""SessionStore: the SQLite index of learning sessions and their edit outcomes.
+
+A drop-in for OpenJarvis's distillation ``SessionStore`` (same methods, same
+tables), plus what a single-writer daemon needs: a batch entry point that applies
+many saves in one transaction with a SAVEPOINT each, idempotent request ids kept
+in the database, a read-only mode, schema versioning, and maintenance calls
+(checkpoint, integrity check, statistics) so the daemon never touches SQL itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+from sessionstore import schema
+from sessionstore.errors import (
+    IntegrityViolation,
+    InvalidRecord,
+    ReadOnlyStore,
+    SessionStoreError,
+    StorageFailure,
+    UnknownSession,
+)
+from sessionstore.models import EditOutcome, LearningSession, SessionStatus
+from sessionstore.records import (
+    OutcomeEdit,
+    checked,
+    checked_edit,
+    checked_id,
+    outcome_from_row,
+    outcome_row,
+    session_from_row,
+    session_row,
+)
+
+Durability = Literal["full", "normal"]
+
+_SESSION_SELECT = f"SELECT {', '.join(schema.SESSION_COLUMNS)} FROM learning_sessions"
+_OUTCOME_FIELDS = "edit_id, status, benchmark_delta, cluster_deltas, error, applied_at"
+_UPSERT_SESSION = (
+    f"INSERT INTO learning_sessions ({', '.join(schema.SESSION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(schema.SESSION_COLUMNS))}) ON CONFLICT(id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in schema.SESSION_COLUMNS[1:])
+)
+_INSERT_OUTCOME = (
+    f"INSERT INTO edit_outcomes ({', '.join(schema.OUTCOME_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(schema.OUTCOME_COLUMNS))})"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionWrite:
+    """One ``save_session`` for :meth:`SessionStore.apply_batch` (session already validated)."""
+
+    session: LearningSession
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeWrite:
+    """One ``save_outcome`` for :meth:`SessionStore.apply_batch` (fields already validated)."""
+
+    session_id: str
+    outcome: EditOutcome
+    edit: OutcomeEdit
+    request_id: str | None = None
+
+
+Write = SessionWrite | OutcomeWrite
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """The fate of one write in a batch: applied, already applied earlier, or refused."""
+
+    ok: bool
+    duplicate: bool = False
+    error: SessionStoreError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointResult:
+    mode: str
+    busy: bool
+    wal_frames: int
+    checkpointed_frames: int
+
+
+def _storage_failure(action: str, err: sqlite3.Error) -> StorageFailure:
+    return StorageFailure(f"{action}: {err}")
+
+
+class SessionStore:
+    """The SQLite index; ``session.json`` files stay the authority.
+
+    ``readonly=True`` opens the file with ``mode=ro`` for analytics processes: reads
+    work, and every write raises :class:`ReadOnlyStore` before touching the file.
+    """
+
+    def __init__(
+        self,
+        db_path: str | Path,
+        *,
+        readonly: bool = False,
+        durability: Durability = "full",
+        busy_timeout: float = 5.0,
+    ) -> None:
+        self._db_path = Path(db_path)
+        self._readonly = readonly
+        self._lock = threading.RLock()
+        try:
+            self._conn = self._connect(busy_timeout)
+        except sqlite3.Error as err:
+            raise _storage_failure(f"cannot open index {self._db_path}", err) from err
+        try:
+            self._prepare(durability)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _connect(self, busy_timeout: float) -> sqlite3.Connection:
+        if self._readonly:
+            uri = f"file:{quote(str(self._db_path.resolve()))}?mode=ro"
+            conn = sqlite3.connect(
+                uri, uri=True, timeout=busy_timeout, check_same_thread=False, isolation_level=None
+            )
+            conn.execute("PRAGMA query_only = ON")
+            return conn
+        return sqlite3.connect(
+            str(self._db_path), timeout=busy_timeout, check_same_thread=False, isolation_level=None
+        )
+
+    def _prepare(self, durability: Durability) -> None:
+        conn = self._conn
+        try:
+            conn.execute("PRAGMA foreign_keys = ON")
+            if self._readonly:
+                schema.check_readable(conn)
+                return
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
+            schema.migrate(conn)
+        except sqlite3.Error as err:
+            raise _storage_failure(f"cannot prepare index {self._db_path}", err) from err
+
+    @property
+    def db_path(self) -> Path:
+        return self._db_path
+
+    @property
+    def readonly(self) -> bool:
+        return self._readonly
+
+    def close(self) -> None:
+        """Close the underlying SQLite connection."""
+        with self._lock:
+            self._conn.close()
+
+    # -- the original API -------------------------------------------------
+
+    def save_session(self, session: LearningSession, *, request_id: str | None = None) -> None:
+        """Insert or update a session (a true upsert: its outcomes survive the re-save)."""
+        self._require_writable("save_session")
+        valid = checked(LearningSession, session, "save_session")
+        self._apply_single(SessionWrite(valid, request_id))
+
+    def save_outcome(
+        self,
+        session_id: str,
+        outcome: EditOutcome,
+        *,
+        pillar: str,
+        op: str,
+        target: str,
+        risk_tier: str,
+        rationale: str = "",
+        request_id: str | None = None,
+    ) -> None:
+        """Add one EditOutcome row; the Edit fields make ``WHERE op = ?`` possible.
+
+        With ``request_id``, applying the same id again stores nothing new: the id
+        is remembered in the database, so this holds across restarts too.
+        """
+        self._require_writable("save_outcome")
+        sid = checked_id(session_id, "session_id")
+        valid = checked(EditOutcome, outcome, f"save_outcome for session {sid!r}")
+        edit = checked_edit(pillar, op, target, risk_tier, rationale)
+        self._apply_single(OutcomeWrite(sid, valid, edit, request_id))
+
+    def get_session(self, session_id: str) -> LearningSession | None:
+        """The session with this id and its outcomes, or None."""
+        with self._lock:
+            row = self._read(f"{_SESSION_SELECT} WHERE id = ?", (session_id,)).fetchone()
+            if row is None:
+                return None
+            return session_from_row(row, self.list_outcomes(session_id))
+
+    def list_sessions(
+        self, status: SessionStatus | None = None, limit: int | None = None
+    ) -> list[LearningSession]:
+        """Sessions newest ``started_at`` first, outcomes attached, in two queries in all."""
+        where, params = "", []
+        if status is not None:
+            where = " WHERE status = ?"
+            try:
+                params.append(SessionStatus(status).value)
+            except ValueError:
+                raise InvalidRecord(f"status: {status!r} is not a SessionStatus value") from None
+        order = " ORDER BY started_at DESC"
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise InvalidRecord(f"limit: expected a non-negative integer, got {limit!r}")
+            order += " LIMIT ?"
+            params.append(limit)
+        with self._lock:
+            rows = self._read(f"{_SESSION_SELECT}{where}{order}", params).fetchall()
+            if not rows:
+                return []
+            outcome_rows = self._read(
+                f"SELECT session_id, {_OUTCOME_FIELDS} FROM edit_outcomes WHERE session_id IN "
+                f"(SELECT id FROM learning_sessions{where}{order}) ORDER BY id",
+                params,
+            ).fetchall()
+        by_session: dict[str, list[EditOutcome]] = {row[0]: [] for row in rows}
+        for orow in outcome_rows:
+            by_session[orow[0]].append(outcome_from_row(orow[1:]))
+        return [session_from_row(row, by_session[row[0]]) for row in rows]
+
+    def list_outcomes(self, session_id: str) -> list[EditOutcome]:
+        """All outcomes of a session in insertion order ([] for an unknown id)."""
+        with self._lock:
+            rows = self._read(
+                f"SELECT {_OUTCOME_FIELDS} FROM edit_outcomes WHERE session_id = ? ORDER BY id",
+                (session_id,),
+            ).fetchall()
+        return [outcome_from_row(row) for row in rows]
+
+    # -- the daemon's batch entry point -------------------------------------
+
+    def apply_batch(self, writes: Sequence[Write]) -> list[WriteResult]:
+        """Apply writes in one transaction, a SAVEPOINT each; one result per write, in order.
+
+        A write that is refused (unknown session, constraint) is rolled back to its
+        savepoint and fails alone; the rest commit together. A storage failure
+        (disk full, I/O error) aborts the whole transaction and raises
+        :class:`StorageFailure`: nothing in the batch was committed.
+        """
+        self._require_writable("apply_batch")
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as err:
+                raise _storage_failure("cannot begin write transaction", err) from err
+            try:
+                results = [self._apply_in_savepoint(write) for write in writes]
+                conn.execute("COMMIT")
+            except sqlite3.Error as err:
+                self._rollback()
+                raise _storage_failure("batch not committed", err) from err
+            except BaseException:
+                self._rollback()
+                raise
+        return results
+
+    def _apply_single(self, write: Write) -> None:
+        result = self.apply_batch([write])[0]
+        if result.error is not None:
+            raise result.error
+
+    def _apply_in_savepoint(self, write: Write) -> WriteResult:
+        conn = self._conn
+        conn.execute("SAVEPOINT write")
+        try:
+            duplicate = self._apply_one(write)
+        except SessionStoreError as err:
+            conn.execute("ROLLBACK TO write")
+            conn.execute("RELEASE write")
+            return WriteResult(ok=False, error=err)
+        except sqlite3.IntegrityError as err:
+            conn.execute("ROLLBACK TO write")
+            conn.execute("RELEASE write")
+            return WriteResult(ok=False, error=IntegrityViolation(f"{_describe(write)}: {err}"))
+        conn.execute("RELEASE write")
+        return WriteResult(ok=True, duplicate=duplicate)
+
+    def _apply_one(self, write: Write) -> bool:
+        """Apply one write inside the open savepoint; True if its request id was seen before."""
+        conn = self._conn
+        if write.request_id is not None:
+            op = "save_session" if isinstance(write, SessionWrite) else "save_outcome"
+            cursor = conn.execute(
+                "INSERT INTO applied_requests (request_id, op, applied_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(request_id) DO NOTHING",
+                (write.request_id, op, time.time()),
+            )
+            if cursor.rowcount == 0:
+                return True
+        if isinstance(write, SessionWrite):
+            session = write.session
+            parent = session.parent_session_id
+            if parent is not None and parent != session.id and not self._has_session(parent):
+                raise UnknownSession(
+                    f"save_session {session.id!r}: parent session {parent!r} is not in the index"
+                )
+            conn.execute(_UPSERT_SESSION, session_row(session))
+        else:
+            if not self._has_session(write.session_id):
+                raise UnknownSession(
+                    f"save_outcome {write.outcome.edit_id!r}: session {write.session_id!r} "
+                    "is not in the index (save the session first)"
+                )
+            conn.execute(_INSERT_OUTCOME, outcome_row(write.session_id, write.outcome, write.edit))
+        return False
+
+    def _has_session(self, session_id: str) -> bool:
+        row = self._conn.execute("SELECT 1 FROM learning_sessions WHERE id = ?", (session_id,))
+        return row.fetchone() is not None
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite already rolled back (e.g. after SQLITE_FULL); nothing left to undo
+
+    def _require_writable(self, action: str) -> None:
+        if self._readonly:
+            raise ReadOnlyStore(f"{action}: index {self._db_path} is open read-only")
+
+    def _read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(sql, params)
+        except sqlite3.Error as err:
+            raise _storage_failure(f"cannot read index {self._db_path}", err) from err
+
+    # -- maintenance: what reconcile and the daemon's jobs need ---------------
+
+    def session_outcome_ids(self, session_id: str) -> set[str]:
+        """The edit ids that already have an outcome row in this session."""
+        with self._lock:
+            rows = self._read(
+                "SELECT edit_id FROM edit_outcomes WHERE session_id = ?", (session_id,)
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def session_ids(self) -> set[str]:
+        with self._lock:
+            return {row[0] for row in self._read("SELECT id FROM learning_sessions")}
+
+    def file_states(self) -> dict[str, tuple[int, int]]:
+        """What reconcile recorded per session.json path: (size, mtime_ns)."""
+        with self._lock:
+            rows = self._read("SELECT path, size, mtime_ns FROM reconcile_files").fetchall()
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    def record_file_states(self, states: Iterable[tuple[str, int, int, str | None]]) -> None:
+        """Remember (path, size, mtime_ns, session_id) for files reconcile has handled."""
+        self._require_writable("record_file_states")
+        now = time.time()
+        with self._lock:
+            self._write_many(
+                "INSERT INTO reconcile_files (path, size, mtime_ns, session_id, scanned_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
+                "mtime_ns = excluded.mtime_ns, session_id = excluded.session_id, "
+                "scanned_at = excluded.scanned_at",
+                [(*state, now) for state in states],
+            )
+
+    def forget_file_states(self) -> None:
+        """Make the next reconcile re-parse every file."""
+        self._require_writable("forget_file_states")
+        with self._lock:
+            self._write_many("DELETE FROM reconcile_files", [()])
+
+    def prune_applied_requests(self, older_than_seconds: float) -> int:
+        """Forget request ids applied longer ago than this; returns how many went."""
+        self._require_writable("prune_applied_requests")
+        cutoff = time.time() - older_than_seconds
+        with self._lock:
+            return self._write_many("DELETE FROM applied_requests WHERE applied_at < ?", [(cutoff,)])
+
+    def _write_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            changed = conn.executemany(sql, rows).rowcount
+            conn.execute("COMMIT")
+        except sqlite3.Error as err:
+            self._rollback()
+            raise _storage_failure(f"cannot write index {self._db_path}", err) from err
+        return changed
+
+    def checkpoint(self, mode: str = "PASSIVE") -> CheckpointResult:
+        """Run ``PRAGMA wal_checkpoint(mode)``; ``busy`` means a reader blocked completion."""
+        mode = mode.upper()
+        if mode not in {"PASSIVE", "FULL", "RESTART", "TRUNCATE"}:
+            raise InvalidRecord(f"checkpoint mode: {mode!r} is not PASSIVE, FULL, RESTART or TRUNCATE")
+        with self._lock:
+            row = self._read(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        return CheckpointResult(mode, bool(row[0]), int(row[1]), int(row[2]))
+
+    def quick_check(self) -> list[str]:
+        """``PRAGMA quick_check``: ``['ok']`` when the file is sound."""
+        with self._lock:
+            return [row[0] for row in self._read("PRAGMA quick_check")]
+
+    def integrity_check(self) -> list[str]:
+        with self._lock:
+            return [row[0] for row in self._read("PRAGMA integrity_check")]
+
+    def counts(self) -> dict[str, int]:
+        """Row counts for status reports."""
+        with self._lock:
+            sessions = self._read("SELECT count(*) FROM learning_sessions").fetchone()[0]
+            outcomes = self._read("SELECT count(*) FROM edit_outcomes").fetchone()[0]
+        return {"sessions": int(sessions), "outcomes": int(outcomes)}
+
+    def file_sizes(self) -> dict[str, int]:
+        """Bytes on disk of the database and its WAL (0 when absent)."""
+        sizes = {}
+        for key, suffix in (("db_bytes", ""), ("wal_bytes", "-wal")):
+            try:
+                sizes[key] = os.stat(f"{self._db_path}{suffix}").st_size
+            except FileNotFoundError:
+                sizes[key] = 0
+        return sizes
+
+
+def _describe(write: Write) -> str:
+    if isinstance(write, SessionWrite):
+        return f"save_session {write.session.id!r}"
+    return f"save_outcome {write.outcome.edit_id!r} for session {write.session_id!r}"

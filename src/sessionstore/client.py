@@ -1,1 +1,379 @@
-class SessionStoreClient: ...
+"""SessionStoreClient: the SessionStore API, served by the ``sessionstore serve`` daemon.
+
+Each call blocks until the daemon has committed (for saves) or answered (for
+queries). A call that gets no reply is re-sent with the *same* request id until
+its ``timeout`` (the total time the call may take) runs out; the daemon remembers
+applied ids in the index, so a retried save is never applied twice, even when the
+daemon restarted in between. One DEALER socket per thread (and per process, so
+the client keeps working in a child after ``fork``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from sessionstore import protocol
+from sessionstore.config import load_settings
+from sessionstore.errors import (
+    DaemonUnavailable,
+    InvalidRecord,
+    PipelineError,
+    RequestTooLarge,
+    SessionStoreError,
+    ShuttingDown,
+)
+from sessionstore.models import EditOutcome, LearningSession, SessionStatus
+from sessionstore.records import checked_id
+
+# Resend an unanswered request after this long, doubling up to the cap: long enough
+# that a busy daemon is not flooded with copies, short enough to ride out a restart.
+RETRY_FIRST = 1.0
+RETRY_MAX = 4.0
+_RETRYABLE = (ShuttingDown,)
+
+
+@dataclass(slots=True)
+class _Thread:
+    pid: int
+    socket: zmq.Socket
+
+
+class SessionStoreClient:
+    """A drop-in for :class:`sessionstore.SessionStore` that talks to the daemon."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        timeout: float | None = None,
+        max_in_flight: int | None = None,
+        max_message_bytes: int | None = None,
+    ) -> None:
+        settings = load_settings(address=address)
+        self.address = settings.endpoint
+        self.timeout = float(timeout if timeout is not None else settings.client_timeout)
+        self.max_in_flight = max_in_flight or settings.max_in_flight
+        self.max_message_bytes = max_message_bytes or settings.max_message_bytes
+        self._high_water_mark = settings.high_water_mark
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._sockets: list[zmq.Socket] = []
+        self._sockets_pid = os.getpid()
+
+    # -- the SessionStore API --------------------------------------------------
+
+    def close(self) -> None:
+        """Close every socket this client opened in this process (the context is shared)."""
+        with self._lock:
+            if self._sockets_pid == os.getpid():
+                for sock in self._sockets:
+                    sock.close(linger=0)
+            self._sockets = []
+        self._local.__dict__.clear()
+
+    def __enter__(self) -> SessionStoreClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def save_session(self, session: LearningSession) -> None:
+        """Insert or update a session; returns once the daemon has committed it."""
+        rid = protocol.new_request_id()
+        self._call(rid, _encode_session(rid, session))
+
+    def save_outcome(
+        self,
+        session_id: str,
+        outcome: EditOutcome,
+        *,
+        pillar: str,
+        op: str,
+        target: str,
+        risk_tier: str,
+        rationale: str = "",
+    ) -> None:
+        """Add one outcome row; returns once the daemon has committed it."""
+        rid = protocol.new_request_id()
+        frame = _encode_outcome(rid, session_id, outcome, pillar, op, target, risk_tier, rationale)
+        self._call(rid, frame)
+
+    def get_session(self, session_id: str) -> LearningSession | None:
+        result = self._query("get_session", session_id=checked_id(session_id, "session_id"))
+        return None if result is None else LearningSession.model_validate(result)
+
+    def list_sessions(
+        self, status: SessionStatus | None = None, limit: int | None = None
+    ) -> list[LearningSession]:
+        wire_status = None if status is None else getattr(status, "value", status)
+        result = self._query("list_sessions", status=wire_status, limit=limit)
+        return [LearningSession.model_validate(item) for item in result]
+
+    def list_outcomes(self, session_id: str) -> list[EditOutcome]:
+        result = self._query("list_outcomes", session_id=checked_id(session_id, "session_id"))
+        return [EditOutcome.model_validate(item) for item in result]
+
+    # -- operations ------------------------------------------------------------------
+
+    def status(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """The daemon's counters, job states and index sizes."""
+        return self._query("status", timeout=timeout)  # type: ignore[no-any-return]
+
+    def checkpoint(self, mode: str = "TRUNCATE", *, timeout: float | None = None) -> dict[str, Any]:
+        return self._query("checkpoint", mode=mode, timeout=timeout)  # type: ignore[no-any-return]
+
+    def reconcile(self, *, dry_run: bool = False, timeout: float | None = None) -> dict[str, Any]:
+        return self._query("reconcile", dry_run=dry_run, timeout=timeout)  # type: ignore[no-any-return]
+
+    def integrity_check(self, *, timeout: float | None = None) -> dict[str, Any]:
+        return self._query("integrity_check", timeout=timeout)  # type: ignore[no-any-return]
+
+    @contextmanager
+    def pipeline(self, max_in_flight: int | None = None) -> Iterator[Pipeline]:
+        """Send saves without waiting for each ack; on exit wait for all, raise if any failed."""
+        pipe = Pipeline(self, max_in_flight or self.max_in_flight)
+        try:
+            yield pipe
+        except BaseException:
+            pipe.drain()  # what was sent still lands; the caller's error wins
+            raise
+        pipe.drain()
+        if pipe.failures:
+            raise PipelineError(pipe.failures)
+
+    # -- transport ----------------------------------------------------------------------
+
+    def _query(self, op: str, *, timeout: float | None = None, **params: Any) -> Any:
+        rid = protocol.new_request_id()
+        return self._call(rid, protocol.encode_request(rid, op, **params), timeout)
+
+    def _call(self, rid: str, frame: bytes, timeout: float | None = None) -> Any:
+        self._check_size(frame)
+        sock = self.socket()
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        try:
+            return self._exchange(sock, rid, frame, deadline, timeout)
+        except DaemonUnavailable:
+            self._reset_socket()  # requests queued for a dead peer must not pile up
+            raise
+
+    def _exchange(
+        self, sock: zmq.Socket, rid: str, frame: bytes, deadline: float, timeout: float | None
+    ) -> Any:
+        retry_after = RETRY_FIRST
+        self._send(sock, frame, deadline)
+        resend_at = time.monotonic() + retry_after
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise self._unavailable(timeout)
+            if sock.poll(max(1, int((min(resend_at, deadline) - now) * 1000)), zmq.POLLIN):
+                reply = protocol.decode_reply(sock.recv())
+                if reply.id != rid:
+                    continue  # a late answer to an earlier, abandoned attempt
+                if reply.ok:
+                    return reply.result
+                assert reply.error is not None
+                if not isinstance(reply.error, _RETRYABLE):
+                    raise reply.error
+            elif time.monotonic() < resend_at:
+                continue
+            retry_after = min(retry_after * 2, RETRY_MAX)
+            resend_at = time.monotonic() + retry_after
+            self._send(sock, frame, deadline)
+
+    def _send(self, sock: zmq.Socket, frame: bytes, deadline: float) -> None:
+        """Send, blocking while the socket's queue is full (back-pressure) until the deadline."""
+        while True:
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DaemonUnavailable(
+                        f"sessiond at {self.address} is not accepting requests "
+                        "(send queue full until the timeout)"
+                    ) from None
+                sock.poll(max(1, int(remaining * 1000)), zmq.POLLOUT)
+
+    def _check_size(self, frame: bytes) -> None:
+        if len(frame) > self.max_message_bytes:
+            raise RequestTooLarge(
+                f"request of {len(frame)} bytes exceeds the limit of {self.max_message_bytes}"
+            )
+
+    def _unavailable(self, timeout: float | None) -> DaemonUnavailable:
+        took = self.timeout if timeout is None else timeout
+        return DaemonUnavailable(
+            f"no reply from sessiond at {self.address} within {took:g}s "
+            "(is `sessionstore serve` running there?)"
+        )
+
+    def socket(self) -> zmq.Socket:
+        """This thread's DEALER socket, made anew in a forked child."""
+        state: _Thread | None = getattr(self._local, "state", None)
+        pid = os.getpid()
+        if state is not None and state.pid == pid:
+            return state.socket
+        # Context.instance() is per process: pyzmq makes a new one in a forked child,
+        # where the parent's context must not be touched (not even closed).
+        sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self._high_water_mark)
+        sock.setsockopt(zmq.RCVHWM, self._high_water_mark)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.connect(self.address)
+        with self._lock:
+            if self._sockets_pid != pid:  # forked: the inherited list is the parent's
+                self._sockets, self._sockets_pid = [], pid
+            self._sockets.append(sock)
+        self._local.state = _Thread(pid, sock)
+        return sock
+
+    def _reset_socket(self) -> None:
+        """Drop this thread's socket so requests queued for a dead peer do not pile up."""
+        state: _Thread | None = getattr(self._local, "state", None)
+        if state is None or state.pid != os.getpid():
+            return
+        with self._lock:
+            if state.socket in self._sockets:
+                self._sockets.remove(state.socket)
+        state.socket.close(linger=0)
+        del self._local.state
+
+
+def _encode_session(rid: str, session: LearningSession) -> bytes:
+    if not isinstance(session, LearningSession):
+        raise InvalidRecord(f"save_session: expected LearningSession, got {type(session).__name__}")
+    return protocol.encode_save_session(rid, session)
+
+
+def _encode_outcome(
+    rid: str,
+    session_id: str,
+    outcome: EditOutcome,
+    pillar: str,
+    op: str,
+    target: str,
+    risk_tier: str,
+    rationale: str,
+) -> bytes:
+    sid = checked_id(session_id, "session_id")
+    if not isinstance(outcome, EditOutcome):
+        raise InvalidRecord(f"save_outcome: expected EditOutcome, got {type(outcome).__name__}")
+    return protocol.encode_save_outcome(
+        rid,
+        sid,
+        outcome,
+        pillar=pillar,
+        op=op,
+        target=target,
+        risk_tier=risk_tier,
+        rationale=rationale,
+    )
+
+
+@dataclass(slots=True)
+class _InFlight:
+    frame: bytes
+    what: str
+    deadline: float
+    resend_at: float
+    retry_after: float
+
+
+class Pipeline:
+    """Saves sent without waiting for each ack, at most ``max_in_flight`` unacknowledged."""
+
+    def __init__(self, client: SessionStoreClient, max_in_flight: int) -> None:
+        self._client = client
+        self._sock = client.socket()
+        self._max_in_flight = max_in_flight
+        self._in_flight: dict[str, _InFlight] = {}
+        self.failures: list[tuple[str, SessionStoreError]] = []
+        self.acknowledged = 0
+
+    def save_session(self, session: LearningSession) -> None:
+        rid = protocol.new_request_id()
+        self._submit(rid, _encode_session(rid, session), f"save_session {session.id!r}")
+
+    def save_outcome(
+        self,
+        session_id: str,
+        outcome: EditOutcome,
+        *,
+        pillar: str,
+        op: str,
+        target: str,
+        risk_tier: str,
+        rationale: str = "",
+    ) -> None:
+        rid = protocol.new_request_id()
+        frame = _encode_outcome(rid, session_id, outcome, pillar, op, target, risk_tier, rationale)
+        self._submit(rid, frame, f"save_outcome {outcome.edit_id!r} for session {session_id!r}")
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def drain(self) -> None:
+        """Wait until every save sent has been acknowledged, refused or timed out."""
+        while self._in_flight:
+            self._collect()
+
+    def _submit(self, rid: str, frame: bytes, what: str) -> None:
+        self._client._check_size(frame)
+        while len(self._in_flight) >= self._max_in_flight:
+            self._collect()
+        now = time.monotonic()
+        entry = _InFlight(frame, what, now + self._client.timeout, now + RETRY_FIRST, RETRY_FIRST)
+        try:
+            self._client._send(self._sock, frame, entry.deadline)
+        except DaemonUnavailable as err:
+            self.failures.append((what, err))
+            return
+        self._in_flight[rid] = entry
+
+    def _collect(self) -> None:
+        """Take the replies that arrive within a short wait; resend or expire overdue saves."""
+        wake_at = min(min(e.resend_at, e.deadline) for e in self._in_flight.values())
+        wait_ms = max(1, int((wake_at - time.monotonic()) * 1000))
+        if self._sock.poll(wait_ms, zmq.POLLIN):
+            while self._sock.poll(0, zmq.POLLIN):
+                self._settle(protocol.decode_reply(self._sock.recv()))
+        now = time.monotonic()
+        for rid, entry in list(self._in_flight.items()):
+            if now >= entry.deadline:
+                del self._in_flight[rid]
+                self.failures.append((entry.what, self._client._unavailable(None)))
+            elif now >= entry.resend_at:
+                entry.retry_after = min(entry.retry_after * 2, RETRY_MAX)
+                entry.resend_at = now + entry.retry_after
+                try:
+                    self._client._send(self._sock, entry.frame, entry.deadline)
+                except DaemonUnavailable as err:
+                    del self._in_flight[rid]
+                    self.failures.append((entry.what, err))
+
+    def _settle(self, reply: protocol.Reply) -> None:
+        entry = self._in_flight.get(reply.id or "")
+        if entry is None:
+            return  # an answer to a resend that was already settled
+        if reply.ok:
+            self.acknowledged += 1
+        elif isinstance(reply.error, _RETRYABLE):
+            return  # leave it in flight; it is resent when due
+        else:
+            assert reply.error is not None
+            self.failures.append((entry.what, reply.error))
+        del self._in_flight[reply.id or ""]

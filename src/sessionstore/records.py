@@ -167,7 +167,9 @@ def session_from_row(row: Sequence[Any], outcomes: list[EditOutcome]) -> Learnin
             error=row[15],
         )
     except (ValidationError, ValueError) as err:
-        raise InvalidRecord(f"index row for session {row[0]!r} is not a valid session: {err}") from err
+        raise InvalidRecord(
+            f"index row for session {row[0]!r} is not a valid session: {err}"
+        ) from err
 
 
 def outcome_from_row(row: Sequence[Any]) -> EditOutcome:
@@ -182,4 +184,6 @@ def outcome_from_row(row: Sequence[Any]) -> EditOutcome:
             applied_at=row[5],
         )
     except (ValidationError, ValueError) as err:
-        raise InvalidRecord(f"index row for outcome {row[0]!r} is not a valid outcome: {err}") from err
+        raise InvalidRecord(
+            f"index row for outcome {row[0]!r} is not a valid outcome: {err}"
+        ) from err

@@ -159,10 +159,7 @@ def check_readable(conn: sqlite3.Connection) -> None:
             f"index schema version {found} is newer than this sessionstore "
             f"understands ({LATEST_VERSION}); upgrade sessionstore"
         )
-    tables = {
-        row[0]
-        for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-    }
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     missing = {"learning_sessions", "edit_outcomes"} - tables
     if missing:
         raise SchemaError(

@@ -9,6 +9,7 @@ in the database, a read-only mode, schema versioning, and maintenance calls
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
+
+from pydantic import BaseModel
 
 from sessionstore import schema
 from sessionstore.errors import (
@@ -168,6 +171,7 @@ class SessionStore:
     def save_session(self, session: LearningSession, *, request_id: str | None = None) -> None:
         """Insert or update a session (a true upsert: its outcomes survive the re-save)."""
         self._require_writable("save_session")
+        _require_model(LearningSession, session, "save_session")
         valid = checked(LearningSession, session, "save_session")
         self._apply_single(SessionWrite(valid, request_id))
 
@@ -190,6 +194,7 @@ class SessionStore:
         """
         self._require_writable("save_outcome")
         sid = checked_id(session_id, "session_id")
+        _require_model(EditOutcome, outcome, "save_outcome")
         valid = checked(EditOutcome, outcome, f"save_outcome for session {sid!r}")
         edit = checked_edit(pillar, op, target, risk_tier, rationale)
         self._apply_single(OutcomeWrite(sid, valid, edit, request_id))
@@ -206,7 +211,7 @@ class SessionStore:
         self, status: SessionStatus | None = None, limit: int | None = None
     ) -> list[LearningSession]:
         """Sessions newest ``started_at`` first, outcomes attached, in two queries in all."""
-        where, params = "", []
+        where, params = "", list[object]()
         if status is not None:
             where = " WHERE status = ?"
             try:
@@ -220,14 +225,22 @@ class SessionStore:
             order += " LIMIT ?"
             params.append(limit)
         with self._lock:
-            rows = self._read(f"{_SESSION_SELECT}{where}{order}", params).fetchall()
-            if not rows:
-                return []
-            outcome_rows = self._read(
-                f"SELECT session_id, {_OUTCOME_FIELDS} FROM edit_outcomes WHERE session_id IN "
-                f"(SELECT id FROM learning_sessions{where}{order}) ORDER BY id",
-                params,
-            ).fetchall()
+            # One read transaction for both queries: a commit by another connection in
+            # between would otherwise bring outcomes of sessions the first one did not list.
+            self._read("BEGIN")
+            try:
+                rows = self._read(f"{_SESSION_SELECT}{where}{order}", params).fetchall()
+                if not rows:
+                    return []
+                # (session_id, id) is the order idx_outcomes_session already holds: no sort
+                # step, and each session's outcomes still come in insertion order.
+                outcome_rows = self._read(
+                    f"SELECT session_id, {_OUTCOME_FIELDS} FROM edit_outcomes WHERE session_id IN "
+                    f"(SELECT id FROM learning_sessions{where}{order}) ORDER BY session_id, id",
+                    params,
+                ).fetchall()
+            finally:
+                self._read("COMMIT")
         by_session: dict[str, list[EditOutcome]] = {row[0]: [] for row in rows}
         for orow in outcome_rows:
             by_session[orow[0]].append(outcome_from_row(orow[1:]))
@@ -326,10 +339,9 @@ class SessionStore:
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
-            try:
+            # SQLite may already have rolled back (e.g. after SQLITE_FULL): nothing left to undo
+            with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # SQLite already rolled back (e.g. after SQLITE_FULL); nothing left to undo
 
     def _require_writable(self, action: str) -> None:
         if self._readonly:
@@ -385,7 +397,9 @@ class SessionStore:
         self._require_writable("prune_applied_requests")
         cutoff = time.time() - older_than_seconds
         with self._lock:
-            return self._write_many("DELETE FROM applied_requests WHERE applied_at < ?", [(cutoff,)])
+            return self._write_many(
+                "DELETE FROM applied_requests WHERE applied_at < ?", [(cutoff,)]
+            )
 
     def _write_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
         conn = self._conn
@@ -402,7 +416,9 @@ class SessionStore:
         """Run ``PRAGMA wal_checkpoint(mode)``; ``busy`` means a reader blocked completion."""
         mode = mode.upper()
         if mode not in {"PASSIVE", "FULL", "RESTART", "TRUNCATE"}:
-            raise InvalidRecord(f"checkpoint mode: {mode!r} is not PASSIVE, FULL, RESTART or TRUNCATE")
+            raise InvalidRecord(
+                f"checkpoint mode: {mode!r} is not PASSIVE, FULL, RESTART or TRUNCATE"
+            )
         with self._lock:
             row = self._read(f"PRAGMA wal_checkpoint({mode})").fetchone()
         return CheckpointResult(mode, bool(row[0]), int(row[1]), int(row[2]))
@@ -432,6 +448,12 @@ class SessionStore:
             except FileNotFoundError:
                 sizes[key] = 0
         return sizes
+
+
+def _require_model(model: type[BaseModel], value: object, action: str) -> None:
+    """Refuse a dict where a model is expected, as SessionStoreClient does (drop-in parity)."""
+    if not isinstance(value, model):
+        raise InvalidRecord(f"{action}: expected {model.__name__}, got {type(value).__name__}")
 
 
 def _describe(write: Write) -> str:

@@ -1,0 +1,157 @@
+"""The daemon's life: prepare the learning root, own the index, serve, drain, stop.
+
+Start-up order matters to systemd: READY=1 is sent only once the socket is bound
+and the schema is migrated, so a client started after the unit is "active" can
+always connect. SIGTERM/SIGINT ask the loop to stop taking new work; what was
+received is committed and answered, the WAL is checkpointed, and we exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+from types import FrameType
+
+import zmq
+
+from sessiond.ingest import IngestLoop
+from sessiond.jobs import Jobs
+from sessiond.logs import configure_logging
+from sessiond.systemd import Notifier, journal_stream_active
+from sessionstore.config import Settings, is_loopback
+from sessionstore.errors import ConfigError, SessionStoreError
+from sessionstore.lock import IndexLock
+from sessionstore.store import SessionStore
+
+log = logging.getLogger("sessiond")
+
+
+def prepare_learning_root(root: Path) -> None:
+    """Create the learning root owner-only (0700); warn if an existing one is wider."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(root.stat().st_mode)
+    if mode & 0o077:
+        log.warning(
+            "learning root %s has mode %o; other users may read it (0700 advised)", root, mode
+        )
+
+
+def _ipc_path(address: str) -> Path | None:
+    return Path(address[len("ipc://") :]) if address.startswith("ipc://") else None
+
+
+class Heartbeat:
+    """Called by the loop every turn: WATCHDOG=1 at half WatchdogSec, STATUS= now and then.
+
+    The watchdog is fed from the loop thread itself, so a loop that is stuck stops
+    feeding it and systemd restarts the daemon.
+    """
+
+    def __init__(self, notifier: Notifier, loop_stats_summary, status_interval: float) -> None:  # type: ignore[no-untyped-def]
+        self._notifier = notifier
+        self._summary = loop_stats_summary
+        self._watchdog_every = notifier.watchdog_interval()
+        self._status_every = status_interval
+        self._next_watchdog = 0.0
+        self._next_status = 0.0
+
+    @property
+    def poll_ms(self) -> int:
+        """Longest the loop may sleep and still feed the watchdog in time."""
+        if self._watchdog_every is None:
+            return 1000
+        return max(10, min(1000, int(self._watchdog_every * 500)))
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if self._watchdog_every is not None and now >= self._next_watchdog:
+            self._notifier.watchdog()
+            self._next_watchdog = now + self._watchdog_every
+        if now >= self._next_status:
+            self._notifier.status(self._summary())
+            self._next_status = now + self._status_every
+
+
+def serve(settings: Settings) -> int:
+    """Run the daemon until SIGTERM/SIGINT; return the process exit code."""
+    configure_logging(settings.log_level, journal=journal_stream_active())
+    os.umask(0o077)  # the index, its WAL and the ipc socket are the owner's alone
+    if not is_loopback(settings.endpoint) and settings.curve_secret_key is None:
+        raise ConfigError(
+            f"address {settings.endpoint} is not loopback: set curve_secret_key and "
+            "curve_allowed_dir (see `sessionstore keygen`) to serve beyond this machine"
+        )
+    prepare_learning_root(settings.learning_root)
+    settings.index_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock = IndexLock(settings.index_path)
+    lock.acquire()
+    try:
+        return _serve_locked(settings)
+    finally:
+        lock.release()
+
+
+def _serve_locked(settings: Settings) -> int:
+    socket_path = _ipc_path(settings.endpoint)
+    if socket_path is not None and socket_path.exists():
+        socket_path.unlink()  # we hold the index lock: no live daemon owns this socket
+    store = SessionStore(settings.index_path, durability=settings.durability)
+    context = zmq.Context()
+    notifier = Notifier.from_env()
+    loop = IngestLoop(store, settings, context)
+    jobs = Jobs(loop, store, settings)
+    heartbeat = Heartbeat(notifier, loop.stats.summary, settings.status_interval)
+    loop.configure(heartbeat=heartbeat, admin=jobs.admin_handlers(), idle_poll_ms=heartbeat.poll_ms)
+    try:
+        loop.bind()
+    except zmq.ZMQError as err:
+        raise SessionStoreError(f"cannot bind {settings.endpoint}: {err}") from err
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        notifier.stopping()
+        loop.request_stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    jobs.start()
+    counts = store.counts()
+    notifier.ready()
+    log.info(
+        "sessiond %d ready at %s (index %s: %d sessions, %d outcomes; durability %s)",
+        os.getpid(),
+        settings.endpoint,
+        settings.index_path,
+        counts["sessions"],
+        counts["outcomes"],
+        settings.durability,
+    )
+    try:
+        loop.run()
+    finally:
+        jobs.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _final_checkpoint(store, settings)
+        loop.close()
+        context.term()
+        store.close()
+        notifier.close()
+    log.info("sessiond %d stopped: %s", os.getpid(), loop.stats.summary())
+    return 0
+
+
+def _final_checkpoint(store: SessionStore, settings: Settings) -> None:
+    if settings.checkpoint_mode == "off":
+        return
+    try:
+        result = store.checkpoint("TRUNCATE")
+        log.info(
+            "final checkpoint: %d frames, blocked by readers: %s",
+            result.checkpointed_frames,
+            result.busy,
+        )
+    except SessionStoreError as err:
+        log.error("final checkpoint failed: %s", err)

@@ -1,0 +1,328 @@
+"""The ingest loop: the one thread that owns the write connection.
+
+Each turn drains the requests waiting on the ROUTER socket (at most
+``batch_max``, waiting at most ``batch_wait_ms`` for more), applies every save in
+one transaction through :meth:`SessionStore.apply_batch`, commits, and only then
+replies — an ack before COMMIT would promise durability we do not have. Queries
+are answered after the batch, so a client that saved and then asks sees its save.
+Maintenance work (checkpoint, reconcile, integrity) arrives as :class:`Task`
+generators from other threads and runs here, one slice per turn, between batches.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import queue
+import time
+from collections.abc import Callable, Generator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from sessiond.logs import RateLimited
+from sessiond.stats import IngestStats
+from sessionstore import protocol
+from sessionstore.config import Settings
+from sessionstore.errors import (
+    InternalError,
+    MalformedRequest,
+    SessionStoreError,
+    ShuttingDown,
+    StorageFailure,
+)
+from sessionstore.store import SessionStore, WriteResult
+
+log = logging.getLogger("sessiond.ingest")
+
+Steps = Generator[None, None, Any]
+# Bounded drain on shutdown: what was received gets answered, but a client that
+# keeps sending cannot hold the daemon up past systemd's stop timeout.
+SHUTDOWN_DRAIN_SECONDS = 10.0
+IDLE_POLL_MS = 1000
+
+
+@dataclass(eq=False)
+class Task:
+    """Maintenance work for the loop: ``steps`` yields after each slice, returns the result."""
+
+    name: str
+    make_steps: Callable[[], Steps]
+    future: Future[Any] = field(default_factory=Future)
+    steps: Steps | None = None
+
+
+class IngestLoop:
+    def __init__(
+        self,
+        store: SessionStore,
+        settings: Settings,
+        context: zmq.Context,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.stats = IngestStats()
+        self._heartbeat: Callable[[], None] = lambda: None
+        self._admin: dict[str, Callable[[dict[str, Any]], Any]] = {}
+        self._idle_poll_ms = IDLE_POLL_MS
+        self._router = context.socket(zmq.ROUTER)
+        self._tasks: queue.Queue[Task] = queue.Queue()
+        self._running: collections.deque[Task] = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._stopping = False
+        self._reject_log = RateLimited(log.warning)
+        self.idle = True
+
+    # -- lifecycle (called from the main thread) -------------------------------
+
+    def configure(
+        self,
+        *,
+        heartbeat: Callable[[], None],
+        admin: dict[str, Callable[[dict[str, Any]], Any]],
+        idle_poll_ms: int = IDLE_POLL_MS,
+    ) -> None:
+        """Attach what is called every turn and the admin ops (jobs) before :meth:`run`."""
+        self._heartbeat = heartbeat
+        self._admin = admin
+        self._idle_poll_ms = idle_poll_ms
+
+    def bind(self) -> None:
+        """Bind the ROUTER socket with every bound that keeps the daemon's memory flat."""
+        sock, s = self._router, self.settings
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, s.max_message_bytes)
+        sock.setsockopt(zmq.RCVHWM, s.high_water_mark)
+        sock.setsockopt(zmq.SNDHWM, s.high_water_mark)
+        sock.bind(s.endpoint)
+
+    def request_stop(self) -> None:
+        """Ask the loop to drain and return; safe from a signal handler or another thread."""
+        self._stopping = True
+        self._wake()
+
+    def submit(self, task: Task) -> Future[Any]:
+        """Hand maintenance work to the loop; safe from any thread."""
+        if self._stopping:
+            task.future.set_exception(ShuttingDown("sessiond is shutting down"))
+            return task.future
+        self._tasks.put(task)
+        self._wake()
+        return task.future
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe: the loop is due to wake anyway
+            os.write(self._wake_w, b"x")
+
+    # -- the loop ------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until :meth:`request_stop`; then answer what was received and return."""
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        while not self._stopping:
+            timeout = 0 if self._running else self._idle_poll_ms
+            events = dict(poller.poll(timeout))
+            if self._wake_r in events:
+                self._take_tasks()
+            self.idle = self._router not in events
+            if not self.idle:
+                self._serve_batch()
+            if self._running:
+                self._run_slice()
+            self._heartbeat()
+        self._drain_for_shutdown()
+
+    def close(self) -> None:
+        self._router.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _take_tasks(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                self._running.append(self._tasks.get_nowait())
+            except queue.Empty:
+                return
+
+    def _drain_for_shutdown(self) -> None:
+        deadline = time.monotonic() + SHUTDOWN_DRAIN_SECONDS
+        while time.monotonic() < deadline and self._router.poll(0, zmq.POLLIN):
+            self._serve_batch()
+        self._take_tasks()
+        for task in self._running:
+            if task.steps is not None:
+                task.steps.close()
+            task.future.set_exception(ShuttingDown(f"{task.name}: sessiond is shutting down"))
+        self._running.clear()
+
+    # -- one turn --------------------------------------------------------------------
+
+    def _receive(self) -> list[list[bytes]]:
+        """Drain up to batch_max waiting messages, waiting briefly for more to group them."""
+        messages: list[list[bytes]] = []
+        batch_max = self.settings.batch_max
+        wait_until = time.monotonic() + self.settings.batch_wait_ms / 1000
+        while len(messages) < batch_max:
+            try:
+                messages.append(self._router.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                remaining_ms = (wait_until - time.monotonic()) * 1000
+                if remaining_ms <= 0 or not self._router.poll(remaining_ms, zmq.POLLIN):
+                    break
+        return messages
+
+    def _serve_batch(self) -> None:
+        saves: list[tuple[bytes, protocol.Request]] = []
+        others: list[tuple[bytes, protocol.Request]] = []
+        for frames in self._receive():
+            request = self._decode(frames)
+            if request is not None:
+                (saves if request.write is not None else others).append((frames[0], request))
+        if saves:
+            self._commit(saves)
+        for identity, request in others:
+            self._answer(identity, request)
+
+    def _decode(self, frames: list[bytes]) -> protocol.Request | None:
+        self.stats.received += 1
+        identity = frames[0]
+        if len(frames) != 2:
+            self._reject(
+                identity, None, MalformedRequest(f"expected 1 frame, got {len(frames) - 1}")
+            )
+            return None
+        frame = frames[1]
+        try:
+            return protocol.decode_request(frame, self.settings.max_message_bytes)
+        except SessionStoreError as err:
+            self._reject(identity, protocol.peek_id(frame), err)
+        except Exception as err:  # a decoder bug must cost one request, not the daemon
+            log.exception("decoding a request failed unexpectedly")
+            self._reject(identity, protocol.peek_id(frame), InternalError(f"cannot decode: {err}"))
+        return None
+
+    def _commit(self, saves: list[tuple[bytes, protocol.Request]]) -> None:
+        writes = [request.write for _, request in saves]
+        started = time.perf_counter()
+        try:
+            results = self.store.apply_batch(writes)  # type: ignore[arg-type]
+        except StorageFailure as err:
+            log.error("batch of %d save(s) not committed: %s", len(writes), err)
+            results = [WriteResult(ok=False, error=err)] * len(writes)
+        except Exception as err:
+            log.exception("batch of %d save(s) failed unexpectedly", len(writes))
+            results = [WriteResult(ok=False, error=InternalError(f"batch failed: {err}"))] * len(
+                writes
+            )
+        self.stats.record_batch(len(writes), (time.perf_counter() - started) * 1000)
+        for (identity, request), result in zip(saves, results, strict=True):
+            if result.ok:
+                self.stats.applied += 1
+                self.stats.duplicates += result.duplicate
+                self._send(identity, protocol.encode_ok(request.id, duplicate=result.duplicate))
+            else:
+                assert result.error is not None
+                self._reject(identity, request.id, result.error)
+
+    def _answer(self, identity: bytes, request: protocol.Request) -> None:
+        try:
+            result = self._query(identity, request)
+        except SessionStoreError as err:
+            self._reject(identity, request.id, err)
+            return
+        except Exception as err:
+            log.exception("%s failed unexpectedly", request.op)
+            self._reject(identity, request.id, InternalError(f"{request.op} failed: {err}"))
+            return
+        if isinstance(result, Task):
+            self._start_admin_task(identity, request, result)
+        else:
+            self._send(identity, protocol.encode_ok(request.id, result))
+
+    def _query(self, identity: bytes, request: protocol.Request) -> Any:
+        params, store = request.params, self.store
+        if request.op == "get_session":
+            session = store.get_session(params["session_id"])
+            return None if session is None else session.model_dump(mode="json")
+        if request.op == "list_sessions":
+            sessions = store.list_sessions(params["status"], params["limit"])
+            return [s.model_dump(mode="json") for s in sessions]
+        if request.op == "list_outcomes":
+            return [o.model_dump(mode="json") for o in store.list_outcomes(params["session_id"])]
+        if request.op == "status":
+            return self.status()
+        handler = self._admin.get(request.op)
+        if handler is None:
+            raise MalformedRequest(f"op: {request.op!r} is not served by this daemon")
+        return handler(params)
+
+    def _start_admin_task(self, identity: bytes, request: protocol.Request, task: Task) -> None:
+        """Run an on-demand job through the slice machinery; reply when it finishes."""
+
+        def reply(future: Future[Any]) -> None:
+            err = future.exception()
+            if err is None:
+                self._send(identity, protocol.encode_ok(request.id, future.result()))
+            elif isinstance(err, SessionStoreError):
+                self._reject(identity, request.id, err)
+            else:
+                self._reject(identity, request.id, InternalError(f"{task.name} failed: {err}"))
+
+        task.future.add_done_callback(reply)  # runs on this thread: the loop settles futures
+        self._running.append(task)
+
+    def _run_slice(self) -> None:
+        task = self._running[0]
+        try:
+            if task.steps is None:
+                task.steps = task.make_steps()
+            next(task.steps)
+            return
+        except StopIteration as done:
+            task.future.set_result(done.value)
+        except Exception as err:
+            log.error(
+                "%s failed: %s", task.name, err, exc_info=not isinstance(err, SessionStoreError)
+            )
+            task.future.set_exception(err)
+        self._running.popleft()
+
+    def _reject(self, identity: bytes, request_id: str | None, err: SessionStoreError) -> None:
+        self.stats.rejected[err.code] += 1
+        self._reject_log(err.code, f"rejected request {request_id or '(no id)'}: {err.code}: {err}")
+        self._send(identity, protocol.encode_error(request_id, err))
+
+    def _send(self, identity: bytes, payload: bytes) -> None:
+        try:
+            self._router.send_multipart([identity, payload], zmq.NOBLOCK)
+        except zmq.ZMQError as err:  # peer gone or its queue full: it will retry with the same id
+            self.stats.replies_dropped += 1
+            log.debug("reply not delivered: %s", err)
+
+    # -- status ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        report = self.stats.to_dict()
+        report.update(self.store.file_sizes())
+        report.update(self.store.counts())
+        report["address"] = self.settings.endpoint
+        report["db_path"] = str(self.settings.index_path)
+        report["tasks_pending"] = len(self._running) + self._tasks.qsize()
+        for name, handler in self._admin.items():
+            if name.startswith("status:"):
+                report[name.split(":", 1)[1]] = handler({})
+        return report

@@ -1,0 +1,223 @@
+"""Scheduled maintenance: APScheduler decides *when*; the ingest loop does the work.
+
+Each job, scheduled or asked for (``sessionstore checkpoint`` / ``reconcile``), is
+a :class:`Task` whose steps run on the loop thread between batches — the loop is
+the only thread that touches the write connection. A job that fails is logged and
+shown in ``status``; it never stops the daemon or the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from sessiond.ingest import IngestLoop, Steps, Task
+from sessionstore.config import Settings
+from sessionstore.store import SessionStore
+
+log = logging.getLogger("sessiond.jobs")
+
+# A scheduled job waits this long for the loop to finish it before giving up on
+# the wait (the work itself goes on); keeps a wedged loop from pinning the scheduler.
+JOB_WAIT_SECONDS = 3600.0
+
+
+@dataclass
+class JobState:
+    runs: int = 0
+    failures: int = 0
+    last_started_at: float | None = None
+    last_duration_seconds: float | None = None
+    last_result: Any = None
+    last_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runs": self.runs,
+            "failures": self.failures,
+            "last_started_at": self.last_started_at,
+            "last_duration_seconds": self.last_duration_seconds,
+            "last_result": self.last_result,
+            "last_error": self.last_error,
+        }
+
+
+def checkpoint_steps(store: SessionStore, mode: str) -> Steps:
+    """One checkpoint; reports WAL bytes before and after and whether readers blocked it."""
+    before = store.file_sizes()["wal_bytes"]
+    result = store.checkpoint(mode)
+    after = store.file_sizes()["wal_bytes"]
+    yield from ()
+    return {
+        "mode": result.mode,
+        "wal_bytes_before": before,
+        "wal_bytes_after": after,
+        "wal_frames": result.wal_frames,
+        "checkpointed_frames": result.checkpointed_frames,
+        "blocked_by_readers": result.busy,
+    }
+
+
+class Jobs:
+    """The daemon's scheduled and on-demand maintenance, and their status."""
+
+    def __init__(self, loop: IngestLoop, store: SessionStore, settings: Settings) -> None:
+        self._loop = loop
+        self._store = store
+        self._settings = settings
+        self.states: dict[str, JobState] = {}
+        self.integrity_ok: bool | None = None
+        self._scheduler = BackgroundScheduler(
+            timezone=UTC,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+
+    # -- the work itself ------------------------------------------------------------
+
+    def _scheduled_checkpoint(self) -> Steps:
+        """PASSIVE each tick; TRUNCATE when the WAL passed its threshold and the loop is idle."""
+        result = yield from checkpoint_steps(self._store, "PASSIVE")
+        if result["wal_bytes_after"] > self._settings.wal_truncate_bytes and self._loop.idle:
+            result = yield from checkpoint_steps(self._store, "TRUNCATE")
+        return result
+
+    def _reconcile(self, dry_run: bool) -> Steps:
+        from sessionstore.reconcile import reconcile_steps  # only the daemon needs it, at first run
+
+        result = yield from reconcile_steps(
+            self._store,
+            self._settings.learning_root,
+            dry_run=dry_run,
+            slice_files=self._settings.reconcile_slice,
+        )
+        report = result.to_dict()
+        if result.invalid:
+            log.warning(
+                "reconcile: %d unreadable file(s), e.g. %s: %s",
+                len(result.invalid),
+                result.invalid[0].path,
+                result.invalid[0].reason,
+            )
+        return report
+
+    def _integrity(self) -> Steps:
+        messages = self._store.quick_check()
+        yield from ()
+        self.integrity_ok = messages == ["ok"]
+        if not self.integrity_ok:
+            log.error(
+                "INTEGRITY CHECK FAILED for %s: %s", self._store.db_path, "; ".join(messages[:5])
+            )
+        return {"ok": self.integrity_ok, "messages": messages[:20]}
+
+    def _prune(self) -> Steps:
+        removed = self._store.prune_applied_requests(self._settings.request_id_retention)
+        yield from ()
+        return {"request_ids_pruned": removed}
+
+    def _factories(self) -> dict[str, Callable[..., Steps]]:
+        return {
+            "checkpoint": self._scheduled_checkpoint,
+            "reconcile": lambda: self._reconcile(dry_run=False),
+            "integrity": self._integrity,
+            "prune_request_ids": self._prune,
+        }
+
+    # -- scheduling -------------------------------------------------------------------
+
+    def start(self) -> None:
+        s = self._settings
+        intervals = {
+            "checkpoint": s.checkpoint_interval if s.checkpoint_mode == "auto" else None,
+            "reconcile": s.reconcile_interval,
+            "integrity": s.integrity_interval,
+            "prune_request_ids": min(s.request_id_retention, 3600.0),
+        }
+        for name, interval in intervals.items():
+            if interval is None:
+                continue
+            self.states[name] = JobState()
+            self._scheduler.add_job(
+                self._run_scheduled, "interval", seconds=interval, args=[name], id=name, name=name
+            )
+        self._scheduler.start()
+
+    def shutdown(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+    def _run_scheduled(self, name: str) -> None:
+        """Runs on a scheduler thread: hand the job to the loop and wait for it to finish."""
+        future = self.submit(name, self._factories()[name])
+        try:
+            future.exception(timeout=JOB_WAIT_SECONDS)
+        except TimeoutError:
+            log.error("%s: still not finished after %.0fs", name, JOB_WAIT_SECONDS)
+
+    def submit(self, name: str, make_steps: Callable[[], Steps]) -> Future[Any]:
+        task = self.task(name, make_steps)
+        return self._loop.submit(task)
+
+    def task(self, name: str, make_steps: Callable[[], Steps]) -> Task:
+        """A Task whose completion is recorded in this job's state (on the loop thread)."""
+        task = Task(name, make_steps)
+        state = self.states.setdefault(name, JobState())
+        started = time.time()
+
+        def record(future: Future[Any]) -> None:
+            state.runs += 1
+            state.last_started_at = started
+            state.last_duration_seconds = round(time.time() - started, 3)
+            err = future.exception()
+            if err is None:
+                state.last_result, state.last_error = future.result(), None
+                log.info(
+                    "%s done in %.3fs: %s",
+                    name,
+                    state.last_duration_seconds,
+                    _brief(state.last_result),
+                )
+            else:
+                state.failures += 1
+                state.last_error = f"{type(err).__name__}: {err}"
+
+        task.future.add_done_callback(record)
+        return task
+
+    # -- what the loop serves ---------------------------------------------------------------
+
+    def admin_handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        return {
+            "checkpoint": lambda p: self.task(
+                "checkpoint", lambda: checkpoint_steps(self._store, p.get("mode", "TRUNCATE"))
+            ),
+            "reconcile": lambda p: self.task(
+                "reconcile", lambda: self._reconcile(dry_run=p.get("dry_run", False))
+            ),
+            "integrity_check": lambda p: self.task("integrity", self._integrity),
+            "status:jobs": lambda p: self.status(),
+            "status:integrity_ok": lambda p: self.integrity_ok,
+        }
+
+    def status(self) -> dict[str, Any]:
+        report = {}
+        for name, state in self.states.items():
+            entry = state.to_dict()
+            job = self._scheduler.get_job(name)
+            next_run = getattr(job, "next_run_time", None)
+            entry["next_run_at"] = next_run.timestamp() if isinstance(next_run, datetime) else None
+            report[name] = entry
+        return report
+
+
+def _brief(result: Any) -> str:
+    if isinstance(result, dict):
+        return ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, list | dict))
+    return str(result)

@@ -1,0 +1,1 @@
+"""Benchmarks of the library core, runnable as ``python -m sessionstore.benchmarks.<name>``."""

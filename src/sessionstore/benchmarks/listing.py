@@ -1,0 +1,196 @@
+"""Listing benchmark: ``list_sessions()`` in two queries versus one query per session.
+
+The original OpenJarvis store selected the sessions and then, for each one, its
+outcomes (``WHERE session_id = ? ORDER BY id``); ``SessionStore.list_sessions``
+fetches every listed session's outcomes in one query. This fills a fresh index
+and times both ways over the same file, best of three.
+
+    python -m sessionstore.benchmarks.listing [--sessions N]
+        [--outcomes-per-session M] [--workdir D]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sessionstore import schema
+from sessionstore.models import (
+    AutonomyMode,
+    BenchmarkSnapshot,
+    EditOutcome,
+    LearningSession,
+    SessionStatus,
+    TriggerKind,
+)
+from sessionstore.records import OutcomeEdit, outcome_from_row, session_from_row
+from sessionstore.store import OutcomeWrite, SessionStore, SessionWrite, Write
+
+DB_NAME = "bench-listing.db"
+REPEATS = 3
+WRITES_PER_BATCH = 1000
+
+_EDIT = OutcomeEdit(
+    pillar="agent",
+    op="patch_system_prompt",
+    target="agents.simple.system_prompt",
+    risk_tier="auto",
+    rationale="teacher traces decompose the problem first",
+)
+_STATUSES = ("applied", "rejected_by_gate", "pending_review", "skipped")
+
+
+def _writes(sessions: int, outcomes_per_session: int) -> Iterator[Write]:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for n in range(sessions):
+        session_id = f"bench-{n:06d}"
+        started = start + timedelta(minutes=n)
+        yield SessionWrite(
+            LearningSession(
+                id=session_id,
+                trigger=TriggerKind.SCHEDULED,
+                trigger_metadata={"cron": "0 3 * * *", "run": n},
+                status=SessionStatus.COMPLETED,
+                autonomy_mode=AutonomyMode.TIERED,
+                started_at=started,
+                ended_at=started + timedelta(seconds=40),
+                diagnosis_path=Path(f"sessions/{session_id}/diagnosis.md"),
+                plan_path=Path(f"sessions/{session_id}/plan.json"),
+                benchmark_before=BenchmarkSnapshot(
+                    benchmark_version="bench-v1",
+                    overall_score=0.6,
+                    cluster_scores={"math": 0.5, "code": 0.7},
+                    task_count=100,
+                    elapsed_seconds=30.0,
+                ),
+                benchmark_after=BenchmarkSnapshot(
+                    benchmark_version="bench-v1",
+                    overall_score=0.65,
+                    cluster_scores={"math": 0.55, "code": 0.7},
+                    task_count=100,
+                    elapsed_seconds=29.0,
+                ),
+                git_checkpoint_pre=f"{n:040x}",
+                git_checkpoint_post=f"{n + 1:040x}",
+                teacher_cost_usd=0.5,
+            )
+        )
+        for k in range(outcomes_per_session):
+            yield OutcomeWrite(
+                session_id,
+                EditOutcome(
+                    edit_id=f"e{k}",
+                    status=_STATUSES[k % len(_STATUSES)],  # type: ignore[arg-type]
+                    benchmark_delta=0.001 * k,
+                    cluster_deltas={"math": 0.01, "code": -0.002},
+                    applied_at=started + timedelta(seconds=10 + k),
+                ),
+                _EDIT,
+            )
+
+
+def fill(store: SessionStore, sessions: int, outcomes_per_session: int) -> None:
+    """Write the benchmark sessions and outcomes through ``apply_batch``."""
+    batch: list[Write] = []
+    for write in _writes(sessions, outcomes_per_session):
+        batch.append(write)
+        if len(batch) >= WRITES_PER_BATCH:
+            _apply(store, batch)
+            batch = []
+    if batch:
+        _apply(store, batch)
+
+
+def _apply(store: SessionStore, batch: list[Write]) -> None:
+    failed = [r.error for r in store.apply_batch(batch) if not r.ok]
+    if failed:
+        raise RuntimeError(f"bench_listing: fill failed: {failed[0]}")
+
+
+def list_sessions_per_session(conn: sqlite3.Connection) -> list[LearningSession]:
+    """The original way: one SELECT for the sessions, then one per session for its outcomes."""
+    rows = conn.execute(
+        f"SELECT {', '.join(schema.SESSION_COLUMNS)} FROM learning_sessions "
+        "ORDER BY started_at DESC"
+    ).fetchall()
+    sessions = []
+    for row in rows:
+        outcome_rows = conn.execute(
+            "SELECT edit_id, status, benchmark_delta, cluster_deltas, error, applied_at "
+            "FROM edit_outcomes WHERE session_id = ? ORDER BY id",
+            (row[0],),
+        ).fetchall()
+        sessions.append(session_from_row(row, [outcome_from_row(o) for o in outcome_rows]))
+    return sessions
+
+
+def _best_of(repeats: int, fn: Callable[[], Any]) -> tuple[float, Any]:
+    best = float("inf")
+    result = None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - started)
+    return best, result
+
+
+def bench_listing(workdir: Path, sessions: int = 2000, outcomes_per_session: int = 10) -> dict:
+    """Fill a fresh index in ``workdir`` and time both listing paths (best of 3 each)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    db_path = workdir / DB_NAME
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+
+    store = SessionStore(db_path, durability="normal")
+    naive_conn = sqlite3.connect(str(db_path))
+    try:
+        fill(store, sessions, outcomes_per_session)
+        batched_seconds, batched = _best_of(REPEATS, store.list_sessions)
+        per_session_seconds, per_session = _best_of(
+            REPEATS, lambda: list_sessions_per_session(naive_conn)
+        )
+    finally:
+        naive_conn.close()
+        store.close()
+    if batched != per_session:
+        raise RuntimeError("bench_listing: the two listing paths returned different sessions")
+    return {
+        "sessions": len(batched),
+        "outcomes": sum(len(s.edit_outcomes) for s in batched),
+        "batched_seconds": batched_seconds,
+        "per_session_seconds": per_session_seconds,
+        "speedup": per_session_seconds / batched_seconds if batched_seconds > 0 else float("inf"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sessionstore.benchmarks.listing", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--sessions", type=int, default=2000)
+    parser.add_argument("--outcomes-per-session", type=int, default=10)
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where to build the index (default: a temp dir)"
+    )
+    args = parser.parse_args(argv)
+    if args.workdir is not None:
+        result = bench_listing(args.workdir, args.sessions, args.outcomes_per_session)
+    else:
+        with tempfile.TemporaryDirectory(prefix="sessionstore-bench-") as tmp:
+            result = bench_listing(Path(tmp), args.sessions, args.outcomes_per_session)
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

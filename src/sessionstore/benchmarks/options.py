@@ -1,0 +1,41 @@
+"""Command-line options of ``sessionstore bench`` (kept apart so ``--help`` stays cheap)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--processes", type=int, default=8, help="writer processes per scenario (default 8)"
+    )
+    parser.add_argument(
+        "--saves", type=int, default=2000, help="saves per writer process (default 2000)"
+    )
+    parser.add_argument(
+        "--durability",
+        choices=["full", "normal"],
+        default="full",
+        help="SQLite synchronous level (default full)",
+    )
+    parser.add_argument(
+        "--workdir",
+        help="directory on the disk to measure (default: a temporary directory under the current one)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        default="direct,sync,pipelined,ceiling,contention",
+        help="comma-separated subset to run",
+    )
+    parser.add_argument(
+        "--reconcile-files",
+        type=int,
+        default=5000,
+        help="session.json files reconciled during the contention scenario (default 5000)",
+    )
+    parser.add_argument(
+        "--lock-seconds",
+        type=float,
+        default=2.0,
+        help="how long the contention scenario's other process holds its write transaction (default 2)",
+    )

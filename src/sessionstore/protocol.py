@@ -1,0 +1,280 @@
+"""The wire format shared by the client and the daemon, and nothing else.
+
+A request is one JSON frame ``{"v": 1, "id": "<unique id>", "op": "<name>", ...}``;
+the reply carries the same ``id`` and ``"ok": true`` (with ``"result"``) or
+``"ok": false, "error": {"code", "message"}``. Decoding is strict: unknown keys,
+missing or ill-typed fields and unknown ops are ``malformed``; a record that does
+not validate is ``invalid``. The daemon replies to every frame it can read and
+never raises out of :func:`decode_request` with anything but a SessionStoreError.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sessionstore.errors import (
+    InvalidRecord,
+    MalformedRequest,
+    RequestTooLarge,
+    SessionStoreError,
+    error_for_code,
+)
+from sessionstore.models import EditOutcome, LearningSession, SessionStatus
+from sessionstore.records import checked, checked_edit, checked_id
+from sessionstore.store import OutcomeWrite, SessionWrite, Write
+
+VERSION = 1
+MAX_ID_LENGTH = 128
+
+SAVE_OPS = frozenset({"save_session", "save_outcome"})
+QUERY_OPS = frozenset({"get_session", "list_sessions", "list_outcomes"})
+ADMIN_OPS = frozenset({"status", "checkpoint", "reconcile", "integrity_check"})
+OPS = SAVE_OPS | QUERY_OPS | ADMIN_OPS
+
+# Keys each op accepts besides the envelope (v, id, op): name -> required?
+_FIELDS: dict[str, dict[str, bool]] = {
+    "save_session": {"session": True},
+    "save_outcome": {"session_id": True, "outcome": True, "edit": True},
+    "get_session": {"session_id": True},
+    "list_sessions": {"status": False, "limit": False},
+    "list_outcomes": {"session_id": True},
+    "status": {},
+    "checkpoint": {"mode": False},
+    "reconcile": {"dry_run": False},
+    "integrity_check": {},
+}
+_EDIT_KEYS = {"pillar", "op", "target", "risk_tier", "rationale"}
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class Request:
+    """A decoded request: saves carry a ready store write, other ops their parameters."""
+
+    id: str
+    op: str
+    write: Write | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Reply:
+    id: str | None
+    ok: bool
+    result: Any = None
+    error: SessionStoreError | None = None
+    duplicate: bool = False
+
+
+# -- encoding (client side) ---------------------------------------------------
+
+
+def _envelope(request_id: str, op: str) -> str:
+    return f'{{"v":{VERSION},"id":{json.dumps(request_id)},"op":"{op}"'
+
+
+def encode_save_session(request_id: str, session: LearningSession) -> bytes:
+    """Encode without re-parsing: the model's own JSON is spliced into the frame."""
+    return (
+        f'{_envelope(request_id, "save_session")},"session":{session.model_dump_json()}}}'.encode()
+    )
+
+
+def encode_save_outcome(
+    request_id: str,
+    session_id: str,
+    outcome: EditOutcome,
+    *,
+    pillar: str,
+    op: str,
+    target: str,
+    risk_tier: str,
+    rationale: str,
+) -> bytes:
+    edit = checked_edit(pillar, op, target, risk_tier, rationale)
+    edit_json = json.dumps(
+        {
+            "pillar": edit.pillar,
+            "op": edit.op,
+            "target": edit.target,
+            "risk_tier": edit.risk_tier,
+            "rationale": edit.rationale,
+        }
+    )
+    return (
+        f"{_envelope(request_id, 'save_outcome')},"
+        f'"session_id":{json.dumps(session_id)},'
+        f'"outcome":{outcome.model_dump_json()},"edit":{edit_json}}}'
+    ).encode()
+
+
+def encode_request(request_id: str, op: str, **params: Any) -> bytes:
+    """Encode a query or admin request."""
+    return json.dumps({"v": VERSION, "id": request_id, "op": op, **params}).encode()
+
+
+# -- decoding (daemon side) ---------------------------------------------------
+
+
+def peek_id(frame: bytes) -> str | None:
+    """The request id of a frame that failed to decode, if one can be read safely."""
+    try:
+        obj = json.loads(frame)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(obj, dict):
+        rid = obj.get("id")
+        if isinstance(rid, str) and 0 < len(rid) <= MAX_ID_LENGTH:
+            return rid
+    return None
+
+
+def decode_request(frame: bytes, max_bytes: int) -> Request:
+    """Parse and validate one request frame; raise a SessionStoreError saying what is wrong."""
+    if len(frame) > max_bytes:
+        raise RequestTooLarge(f"request of {len(frame)} bytes exceeds the limit of {max_bytes}")
+    try:
+        obj = json.loads(frame, parse_constant=_reject_constant)
+    except UnicodeDecodeError as err:
+        raise MalformedRequest(f"request is not UTF-8: {err.reason} at byte {err.start}") from None
+    except ValueError as err:
+        raise MalformedRequest(f"request is not JSON: {err}") from None
+    except RecursionError:
+        raise MalformedRequest("request is not JSON: nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise MalformedRequest(f"request must be a JSON object, got {type(obj).__name__}")
+    request_id = obj.get("id")
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_ID_LENGTH:
+        raise MalformedRequest(f"id: expected a string of 1-{MAX_ID_LENGTH} characters")
+    if obj.get("v") != VERSION or isinstance(obj.get("v"), bool):
+        raise MalformedRequest(f"v: unsupported protocol version {obj.get('v')!r} (want {VERSION})")
+    op = obj.get("op")
+    if not isinstance(op, str) or op not in OPS:
+        raise MalformedRequest(f"op: unknown operation {op!r:.60}")
+    fields = _FIELDS[op]
+    extra = set(obj) - {"v", "id", "op"} - set(fields)
+    if extra:
+        raise MalformedRequest(f"{op}: unexpected field(s) {', '.join(sorted(extra))[:200]}")
+    missing = [name for name, required in fields.items() if required and name not in obj]
+    if missing:
+        raise MalformedRequest(f"{op}: missing field(s) {', '.join(missing)}")
+    return _DECODERS[op](request_id, op, obj)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _decode_save_session(request_id: str, op: str, obj: dict[str, Any]) -> Request:
+    if not isinstance(obj["session"], dict):
+        raise MalformedRequest("save_session: session must be a JSON object")
+    session = checked(LearningSession, obj["session"], "save_session")
+    return Request(request_id, op, write=SessionWrite(session, request_id))
+
+
+def _decode_save_outcome(request_id: str, op: str, obj: dict[str, Any]) -> Request:
+    session_id = _string(obj, "session_id", op)
+    edit = obj["edit"]
+    if not isinstance(obj["outcome"], dict):
+        raise MalformedRequest("save_outcome: outcome must be a JSON object")
+    if not isinstance(edit, dict) or not {"pillar", "op", "target", "risk_tier"} <= set(edit):
+        raise MalformedRequest(
+            "save_outcome: edit must be an object with pillar, op, target, risk_tier"
+        )
+    if set(edit) - _EDIT_KEYS:
+        raise MalformedRequest(
+            f"save_outcome: edit: unexpected field(s) {sorted(set(edit) - _EDIT_KEYS)}"
+        )
+    outcome = checked(EditOutcome, obj["outcome"], f"save_outcome for session {session_id!r}")
+    checked_fields = checked_edit(
+        edit["pillar"], edit["op"], edit["target"], edit["risk_tier"], edit.get("rationale", "")
+    )
+    return Request(
+        request_id, op, write=OutcomeWrite(session_id, outcome, checked_fields, request_id)
+    )
+
+
+def _decode_session_query(request_id: str, op: str, obj: dict[str, Any]) -> Request:
+    return Request(request_id, op, params={"session_id": _string(obj, "session_id", op)})
+
+
+def _decode_list_sessions(request_id: str, op: str, obj: dict[str, Any]) -> Request:
+    status, limit = obj.get("status"), obj.get("limit")
+    if status is not None:
+        if not isinstance(status, str):
+            raise MalformedRequest("list_sessions: status must be a string or null")
+        try:
+            status = SessionStatus(status)
+        except ValueError:
+            raise InvalidRecord(f"status: {status!r} is not a SessionStatus value") from None
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise MalformedRequest("list_sessions: limit must be a non-negative integer or null")
+    return Request(request_id, op, params={"status": status, "limit": limit})
+
+
+def _decode_admin(request_id: str, op: str, obj: dict[str, Any]) -> Request:
+    params = {k: v for k, v in obj.items() if k not in {"v", "id", "op"}}
+    if "mode" in params and params["mode"] not in {"PASSIVE", "TRUNCATE"}:
+        raise MalformedRequest("checkpoint: mode must be PASSIVE or TRUNCATE")
+    if "dry_run" in params and not isinstance(params["dry_run"], bool):
+        raise MalformedRequest("reconcile: dry_run must be true or false")
+    return Request(request_id, op, params=params)
+
+
+def _string(obj: dict[str, Any], key: str, op: str) -> str:
+    try:
+        return checked_id(obj[key], key)
+    except InvalidRecord as err:
+        raise MalformedRequest(f"{op}: {err}") from None
+
+
+_DECODERS = {
+    "save_session": _decode_save_session,
+    "save_outcome": _decode_save_outcome,
+    "get_session": _decode_session_query,
+    "list_outcomes": _decode_session_query,
+    "list_sessions": _decode_list_sessions,
+    "status": _decode_admin,
+    "checkpoint": _decode_admin,
+    "reconcile": _decode_admin,
+    "integrity_check": _decode_admin,
+}
+
+
+# -- replies --------------------------------------------------------------------
+
+
+def encode_ok(request_id: str | None, result: Any = None, *, duplicate: bool = False) -> bytes:
+    reply: dict[str, Any] = {"v": VERSION, "id": request_id, "ok": True, "result": result}
+    if duplicate:
+        reply["duplicate"] = True
+    return json.dumps(reply, separators=(",", ":")).encode()
+
+
+def encode_error(request_id: str | None, err: SessionStoreError) -> bytes:
+    reply = {
+        "v": VERSION,
+        "id": request_id,
+        "ok": False,
+        "error": {"code": err.code, "message": str(err)},
+    }
+    return json.dumps(reply, separators=(",", ":")).encode()
+
+
+def decode_reply(frame: bytes) -> Reply:
+    """Parse a daemon reply; a reply that makes no sense is reported, not trusted."""
+    try:
+        obj = json.loads(frame)
+        rid = obj["id"]
+        if obj["ok"]:
+            return Reply(rid, True, obj.get("result"), duplicate=bool(obj.get("duplicate")))
+        error = obj["error"]
+        return Reply(rid, False, error=error_for_code(str(error["code"]), str(error["message"])))
+    except (ValueError, KeyError, TypeError) as err:
+        raise MalformedRequest(f"unreadable reply from daemon: {err}") from None

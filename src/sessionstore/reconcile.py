@@ -1,0 +1,663 @@
+"""Reconcile: make the index agree with the ``session.json`` files; rebuild it from them.
+
+The files under ``<learning_root>/sessions/`` are the authority and are only ever
+read (opened ``O_RDONLY``; nothing is created, renamed or deleted there). A pass:
+
+* lists ``sessions/`` and, per directory, stats ``session.json``. A file whose
+  (size, mtime_ns) equals what ``reconcile_files`` recorded is not opened;
+* parses a new or changed file and diffs it against the index: a session the
+  index lacks is inserted, one whose row differs (outcomes aside) is upserted,
+  and each ``edit_outcomes`` entry whose ``edit_id`` has no outcome row yet is
+  added, in file order. Outcome rows that already exist are never rewritten;
+* reports every file it cannot use (unreadable, not UTF-8, not JSON, not a valid
+  session, id not equal to its directory name, parent unknown) with a one-line
+  reason, and carries on;
+* counts index sessions with no ``session.json`` (``index_only``): those are
+  running sessions, and are never deleted.
+
+It runs in slices so the daemon can interleave it with ingestion on its one
+loop thread: :func:`reconcile_steps` is a generator, each ``next()`` handles at
+most ``slice_files`` files: one short ``apply_batch`` transaction for the index
+writes, then one for the file states. No transaction or file is held open across
+a yield, so a pass can be abandoned (``close()``) at any point.
+
+The Edit fields an outcome row needs (pillar, op, target, risk_tier, rationale)
+come from the sibling ``plan.json`` (never from ``plan_path``, which could point
+anywhere). When that file is missing, invalid or lacks the edit, the outcome is
+written with a **placeholder**: ``pillar='engine'``, ``op='set_model_param'``,
+``risk_tier='manual'``, ``target='sessionstore:unknown-edit'`` (the marker to
+query for: ``WHERE target = 'sessionstore:unknown-edit'``) and a rationale saying
+why. The index only accepts real enum values, so the marker lives in ``target``;
+``manual`` because a person should look at such a row.
+
+A file's size/mtime is recorded only once it has been reconciled, and only when
+its mtime is at least :data:`SETTLE_SECONDS` old: a file rewritten within the
+filesystem's timestamp granularity could otherwise keep a stale entry (git's
+"racily clean" problem). A fresh file is therefore parsed once more next pass.
+JSON that is not standard JSON (``NaN``, ``Infinity``, numbers overflowing a
+float) is refused: the index cannot store non-finite values faithfully.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Generator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from sessionstore.errors import InvalidRecord, ReadOnlyStore, StorageFailure
+from sessionstore.models import EditOutcome, LearningPlan, LearningSession
+from sessionstore.records import OutcomeEdit, describe_validation_error
+from sessionstore.store import OutcomeWrite, SessionStore, SessionWrite, Write, WriteResult
+
+SESSIONS_DIR = "sessions"
+SESSION_FILE = "session.json"
+PLAN_FILE = "plan.json"
+MAX_FILE_BYTES = 32 << 20
+"""A session.json or plan.json larger than this is reported, not read."""
+SETTLE_SECONDS = 2.0
+"""A file modified more recently than this is reconciled but its state is not recorded."""
+REBUILD_SLICE_FILES = 1000
+
+PLACEHOLDER_TARGET = "sessionstore:unknown-edit"
+
+
+def placeholder_edit(why: str) -> OutcomeEdit:
+    """The Edit fields for an outcome whose edit is not in a readable plan.json."""
+    return OutcomeEdit(
+        pillar="engine",
+        op="set_model_param",
+        target=PLACEHOLDER_TARGET,
+        risk_tier="manual",
+        rationale=f"reconcile placeholder: {why}",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidFile:
+    path: str
+    """Relative to the learning root, e.g. ``sessions/abc/session.json``."""
+    reason: str
+
+
+@dataclass(slots=True)
+class ReconcileResult:
+    """What a pass found and did (or, with ``dry_run``, would have done).
+
+    ``scanned``: session.json files found. ``parsed``: of those, how many were
+    opened (the rest matched their recorded size/mtime). ``unchanged``: files that
+    needed no write. ``inserted``: sessions new to the index. ``updated``: sessions
+    whose row was rewritten or that got missing outcomes. ``outcomes_placeholder``:
+    of ``outcomes_added``, those written with :func:`placeholder_edit` fields.
+    ``invalid`` lists session.json and plan.json files that could not be used.
+    ``index_only``: index sessions with no session.json at all (running sessions;
+    counted, never deleted).
+    """
+
+    scanned: int = 0
+    parsed: int = 0
+    unchanged: int = 0
+    inserted: int = 0
+    updated: int = 0
+    outcomes_added: int = 0
+    outcomes_placeholder: int = 0
+    invalid: list[InvalidFile] = field(default_factory=list)
+    index_only: int = 0
+    duration_seconds: float = 0.0
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Unusable(Exception):
+    """A file that cannot be used; the message is the one-line reason."""
+
+
+@dataclass(slots=True)
+class _Parsed:
+    name: str
+    rel: str
+    session: LearningSession
+    size: int
+    mtime_ns: int
+    settled: bool
+
+
+@dataclass(slots=True)
+class _Change:
+    item: _Parsed
+    row: Literal["insert", "update"] | None
+    missing: list[EditOutcome]
+
+
+def reconcile_steps(
+    store: SessionStore,
+    learning_root: Path,
+    *,
+    dry_run: bool = False,
+    slice_files: int = 100,
+    full: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Generator[None, None, ReconcileResult]:
+    """Reconcile in slices: each ``next()`` does at most ``slice_files`` files, then yields.
+
+    The generator's return value is the :class:`ReconcileResult`. ``full`` ignores
+    recorded file states (every file is parsed). ``dry_run`` writes nothing at all,
+    not even file states. Unusable files are reported, never raised; a
+    :class:`StorageFailure` of the index itself propagates.
+    """
+    if slice_files < 1:
+        raise ValueError(f"slice_files must be at least 1, got {slice_files}")
+    if store.readonly and not dry_run:
+        raise ReadOnlyStore(f"reconcile: index {store.db_path} is open read-only (use dry_run)")
+    run = _Run(store, Path(learning_root), dry_run, slice_files, full, progress)
+    return (yield from run.steps())
+
+
+def reconcile(
+    store: SessionStore,
+    learning_root: Path,
+    *,
+    dry_run: bool = False,
+    slice_files: int = 100,
+    full: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReconcileResult:
+    """Run every step of :func:`reconcile_steps` and return the result."""
+    steps = reconcile_steps(
+        store,
+        learning_root,
+        dry_run=dry_run,
+        slice_files=slice_files,
+        full=full,
+        progress=progress,
+    )
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: ReconcileResult = done.value
+            return result
+
+
+class _Run:
+    """One pass; the state carried between slices."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        root: Path,
+        dry_run: bool,
+        slice_files: int,
+        full: bool,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.store = store
+        self.root = root
+        self.sessions = root / SESSIONS_DIR
+        self.dry_run = dry_run
+        self.slice_files = slice_files
+        self.full = full
+        self.progress = progress
+        self.result = ReconcileResult(dry_run=dry_run)
+        self.known: set[str] = set()
+        self.states: dict[str, tuple[int, int]] = {}
+        self.not_yet_read: set[str] = set()
+        self.with_file: set[str] = set()
+        self.deferred: list[_Parsed] = []
+        self.real_sessions = ""
+
+    def steps(self) -> Generator[None, None, ReconcileResult]:
+        started = time.monotonic()
+        entries = self._list()
+        self.real_sessions = os.path.realpath(self.sessions)
+        self.known = self.store.session_ids()
+        self.states = {} if self.full else self.store.file_states()
+        self.not_yet_read = {name for name, _ in entries}
+        names = {name for name, _ in entries}
+        self._report_progress(0, len(entries))
+        yield
+        for start in range(0, len(entries), self.slice_files):
+            chunk = entries[start : start + self.slice_files]
+            self.not_yet_read.difference_update(name for name, _ in chunk)
+            items = [self._read_session(name, link, names) for name, link in chunk]
+            self._settle([item for item in items if item is not None], final=False)
+            self._report_progress(start + len(chunk), len(entries))
+            yield
+        if self.deferred:
+            self.known |= self.store.session_ids()
+            ordered, orphans = _parents_first(self.deferred, self.known)
+            for orphan in orphans:
+                self._parent_unknown(orphan)
+            for start in range(0, len(ordered), self.slice_files):
+                self._settle(ordered[start : start + self.slice_files], final=True)
+                yield
+        self.result.index_only = len(self.store.session_ids() - self.with_file)
+        self.result.duration_seconds = time.monotonic() - started
+        return self.result
+
+    def _report_progress(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(done, total)
+
+    def _invalid(self, rel: str, reason: str) -> None:
+        self.result.invalid.append(InvalidFile(rel, _one_line(reason)))
+
+    # -- reading files -------------------------------------------------------
+
+    def _list(self) -> list[tuple[str, bool]]:
+        """Session directory names (sorted) and whether each is a symlink."""
+        try:
+            scan = os.scandir(self.sessions)
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            self._invalid(SESSIONS_DIR, f"cannot list directory: {err.strerror or err}")
+            return []
+        entries = []
+        with scan:
+            for entry in scan:
+                name = entry.name
+                if name in {"", ".", ".."} or "/" in name or (os.altsep or "/") in name:
+                    continue
+                try:
+                    if entry.is_dir():
+                        entries.append((name, entry.is_symlink()))
+                except OSError:
+                    continue
+        entries.sort()
+        return entries
+
+    def _read_session(self, name: str, dir_is_link: bool, names: set[str]) -> _Parsed | None:
+        """Stat, and if changed read and parse, one session.json; None when nothing to do."""
+        rel = f"{SESSIONS_DIR}/{name}/{SESSION_FILE}"
+        if dir_is_link:
+            real = os.path.realpath(self.sessions / name)
+            if os.path.dirname(real) == self.real_sessions and os.path.basename(real) in names:
+                return None  # an alias of a session directory that is read under its own name
+            if not _inside(real, self.real_sessions):
+                self._invalid(rel, "directory is a symlink that resolves outside sessions/")
+                return None
+        try:
+            path, st = self._locate(self.sessions / name / SESSION_FILE)
+        except FileNotFoundError:
+            return None  # a running session: it has a directory but no session.json yet
+        except _Unusable as err:
+            self.with_file.add(name)
+            self.result.scanned += 1
+            self._invalid(rel, str(err))
+            return None
+        self.with_file.add(name)
+        self.result.scanned += 1
+        if self.states.get(rel) == (st.st_size, st.st_mtime_ns) and name in self.known:
+            self.result.unchanged += 1
+            return None
+        self.result.parsed += 1
+        try:
+            data, fst = _read_bytes(path)
+            raw = _parse_json(data)
+            try:
+                session = LearningSession.model_validate(raw)
+            except ValidationError as err:
+                raise _Unusable(describe_validation_error("not a valid session", err)) from None
+            if session.id != name:
+                raise _Unusable(f"id {session.id!r} does not match directory {name!r}")
+        except _Unusable as err:
+            self._invalid(rel, str(err))
+            return None
+        settled = fst.st_mtime_ns <= time.time_ns() - int(SETTLE_SECONDS * 1e9)
+        return _Parsed(name, rel, session, fst.st_size, fst.st_mtime_ns, settled)
+
+    def _locate(self, path: Path) -> tuple[str, os.stat_result]:
+        """The path to open and its stat; refuses symlinks out of sessions/ and non-files."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            raise _Unusable(f"cannot stat: {err.strerror or err}") from None
+        target = str(path)
+        if stat.S_ISLNK(st.st_mode):
+            target = os.path.realpath(path)
+            if not _inside(target, self.real_sessions):
+                raise _Unusable("symlink resolves outside sessions/")
+            try:
+                st = os.stat(target)
+            except OSError as err:
+                raise _Unusable(f"broken symlink: {err.strerror or err}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise _Unusable("not a regular file")
+        return target, st
+
+    def _plan_edits(self, item: _Parsed) -> tuple[dict[str, OutcomeEdit], str]:
+        """The sibling plan.json's edits by id, and why an absent edit gets a placeholder."""
+        rel = f"{SESSIONS_DIR}/{item.name}/{PLAN_FILE}"
+        try:
+            path, _ = self._locate(self.sessions / item.name / PLAN_FILE)
+            plan = LearningPlan.model_validate(_parse_json(_read_bytes(path)[0]))
+            if plan.session_id != item.name:
+                raise _Unusable(
+                    f"session_id {plan.session_id!r} does not match directory {item.name!r}"
+                )
+        except FileNotFoundError:
+            return {}, "no plan.json"
+        except ValidationError as err:
+            self._invalid(rel, describe_validation_error("not a valid plan", err))
+            return {}, "plan.json is invalid"
+        except _Unusable as err:
+            self._invalid(rel, str(err))
+            return {}, "plan.json is invalid"
+        edits: dict[str, OutcomeEdit] = {}
+        for edit in plan.edits:
+            edits.setdefault(
+                edit.id,
+                OutcomeEdit(
+                    edit.pillar.value,
+                    edit.op.value,
+                    edit.target,
+                    edit.risk_tier.value,
+                    edit.rationale,
+                ),
+            )
+        return edits, ""
+
+    # -- diffing and writing --------------------------------------------------
+
+    def _diff(self, item: _Parsed) -> _Change:
+        sid = item.session.id
+        try:
+            existing = self.store.get_session(sid)
+        except InvalidRecord:  # an index row we cannot read: the file wins
+            have = self.store.session_outcome_ids(sid)
+            return _Change(item, "update", _missing(item.session, have))
+        if existing is None:
+            return _Change(item, "insert", list(item.session.edit_outcomes))
+        have = {outcome.edit_id for outcome in existing.edit_outcomes}
+        same = _same_row(existing, item.session)
+        return _Change(item, None if same else "update", _missing(item.session, have))
+
+    def _settle(self, items: list[_Parsed], *, final: bool) -> None:
+        """Diff a slice, order row writes parents-first, defer or refuse orphans, apply."""
+        changes = [self._diff(item) for item in items]
+        ready = [c for c in changes if c.row is None]
+        writers = {c.item.session.id: c for c in changes if c.row is not None}
+        ordered, orphans = _parents_first([c.item for c in writers.values()], self.known)
+        if orphans:  # the daemon may have saved a parent since the pass began
+            self.known |= self.store.session_ids()
+            ordered, orphans = _parents_first([c.item for c in writers.values()], self.known)
+        maybe_later = (
+            self.not_yet_read | {p.name for p in self.deferred} | {o.name for o in orphans}
+        )
+        for orphan in orphans:
+            if not final and orphan.session.parent_session_id in maybe_later:
+                self.deferred.append(orphan)
+            else:
+                self._parent_unknown(orphan)
+        self._apply([writers[item.session.id] for item in ordered] + ready)
+
+    def _parent_unknown(self, item: _Parsed) -> None:
+        self._invalid(item.rel, f"parent session {item.session.parent_session_id!r} unknown")
+
+    def _apply(self, changes: list[_Change]) -> None:
+        writes: list[Write] = []
+        placeholder: list[bool] = []
+        spans = []
+        for change in changes:
+            start = len(writes)
+            session = change.item.session
+            if change.row is not None:
+                writes.append(SessionWrite(session))
+                placeholder.append(False)
+            if change.missing:
+                edits, why = self._plan_edits(change.item)
+                for outcome in change.missing:
+                    edit = edits.get(outcome.edit_id)
+                    placeholder.append(edit is None)
+                    if edit is None:
+                        edit = placeholder_edit(why or f"edit {outcome.edit_id!r} not in plan.json")
+                    writes.append(OutcomeWrite(session.id, outcome, edit))
+            spans.append((start, len(writes)))
+        if self.dry_run:
+            results = [WriteResult(ok=True)] * len(writes)
+        else:
+            results = self.store.apply_batch(writes) if writes else []
+        states = []
+        for change, (start, end) in zip(changes, spans, strict=True):
+            self._count(change, writes[start:end], results[start:end], placeholder[start:end])
+            if all(r.ok for r in results[start:end]) and change.item.settled:
+                item = change.item
+                states.append((item.rel, item.size, item.mtime_ns, item.session.id))
+        if states and not self.dry_run:
+            self.store.record_file_states(states)
+
+    def _count(
+        self, change: _Change, writes: list[Write], results: list[WriteResult], flags: list[bool]
+    ) -> None:
+        result = self.result
+        for write, outcome, is_placeholder in zip(writes, results, flags, strict=True):
+            if isinstance(write, OutcomeWrite) and outcome.ok:
+                result.outcomes_added += 1
+                result.outcomes_placeholder += is_placeholder
+        if change.row is not None and results[0].ok:
+            self.known.add(change.item.session.id)
+        errors = [r.error for r in results if not r.ok]
+        if errors:
+            self._invalid(change.item.rel, f"not indexed: {errors[0]}")
+        elif change.row == "insert":
+            result.inserted += 1
+        elif change.row == "update" or change.missing:
+            result.updated += 1
+        else:
+            result.unchanged += 1
+
+
+def _missing(session: LearningSession, have: set[str]) -> list[EditOutcome]:
+    return [outcome for outcome in session.edit_outcomes if outcome.edit_id not in have]
+
+
+def _same_row(indexed: LearningSession, filed: LearningSession) -> bool:
+    """Equal as JSON values: SQLite keeps a REAL -0.0 as 0, which must not count as a change."""
+    exclude = {"edit_outcomes"}
+    return bool(
+        json.loads(indexed.model_dump_json(exclude=exclude))
+        == json.loads(filed.model_dump_json(exclude=exclude))
+    )
+
+
+def _parents_first(items: list[_Parsed], known: set[str]) -> tuple[list[_Parsed], list[_Parsed]]:
+    """Order items so each parent precedes its children; the rest have no reachable parent."""
+    ordered: list[_Parsed] = []
+    placed: set[str] = set()
+    remaining = items
+    while remaining:
+        left = []
+        for item in remaining:
+            parent = item.session.parent_session_id
+            if parent is None or parent == item.session.id or parent in known or parent in placed:
+                ordered.append(item)
+                placed.add(item.session.id)
+            else:
+                left.append(item)
+        if len(left) == len(remaining):
+            break
+        remaining = left
+    else:
+        remaining = []
+    return ordered, remaining
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def _read_bytes(path: str) -> tuple[bytes, os.stat_result]:
+    """Read a file read-only (never blocking on a FIFO); its stat is that of what was read."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as err:
+        raise _Unusable(f"cannot open: {err.strerror or err}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Unusable("not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise _Unusable(f"larger than {MAX_FILE_BYTES} bytes ({st.st_size})")
+        chunks = []
+        total = 0
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > MAX_FILE_BYTES:
+                raise _Unusable(f"larger than {MAX_FILE_BYTES} bytes")
+        return b"".join(chunks), st
+    except OSError as err:
+        raise _Unusable(f"cannot read: {err.strerror or err}") from None
+    finally:
+        os.close(fd)
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _parse_json(data: bytes) -> Any:
+    """Strict UTF-8, standard JSON (no NaN/Infinity, finite numbers, no lone surrogates)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _Unusable(f"not UTF-8: byte 0x{data[err.start]:02x} at offset {err.start}") from None
+    if not text.strip():
+        raise _Unusable("empty file")
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as err:
+        raise _Unusable(
+            f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
+        ) from None
+    except ValueError as err:
+        raise _Unusable(f"not valid JSON: {err}") from None
+    except RecursionError:
+        raise _Unusable("not valid JSON: nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Unusable("not valid JSON text: unpaired UTF-16 surrogate escape") from None
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    line = _CONTROL.sub("?", " ".join(text.split()))
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# -- rebuild ---------------------------------------------------------------------
+
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def rebuild(
+    db_path: Path,
+    learning_root: Path,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReconcileResult:
+    """Recreate the index from the files alone and swap it in atomically.
+
+    The new index is built in ``<db>.rebuild.tmp``, checkpointed (TRUNCATE) and
+    closed, so it is one self-contained file. Then the old file's ``-wal``,
+    ``-shm`` and ``-journal`` are deleted *before* ``os.replace``: SQLite would
+    otherwise apply the old WAL's frames to the new file on next open. A crash in
+    between leaves either the old index (perhaps without its last WAL commits,
+    which a reconcile restores from the files) or the new one. The caller makes
+    sure no daemon has the index open.
+    """
+    db_path = Path(db_path)
+    tmp = db_path.with_name(db_path.name + ".rebuild.tmp")
+    _remove_db_files(tmp)
+    store = SessionStore(tmp, durability="normal")
+    try:
+        result = reconcile(
+            store, learning_root, full=True, slice_files=REBUILD_SLICE_FILES, progress=progress
+        )
+        store.checkpoint("TRUNCATE")
+    except BaseException:
+        store.close()
+        _remove_db_files(tmp)
+        raise
+    store.close()
+    try:
+        leftover_wal = os.stat(f"{tmp}-wal").st_size
+    except FileNotFoundError:
+        leftover_wal = 0
+    if leftover_wal:
+        _remove_db_files(tmp)
+        raise StorageFailure(f"rebuild: {tmp}-wal still holds {leftover_wal} bytes after close")
+    _remove_side_files(tmp)
+    _fsync_path(tmp)
+    with contextlib.suppress(FileNotFoundError):  # keep the old index's permissions
+        os.chmod(tmp, stat.S_IMODE(os.stat(db_path).st_mode))
+    _remove_side_files(db_path)
+    os.replace(tmp, db_path)
+    _fsync_path(db_path.parent)
+    return result
+
+
+def _remove_side_files(db: Path) -> None:
+    for suffix in _SIDE_FILES:
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
+def _remove_db_files(db: Path) -> None:
+    _remove_side_files(db)
+    db.unlink(missing_ok=True)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = [
+    "PLACEHOLDER_TARGET",
+    "InvalidFile",
+    "ReconcileResult",
+    "placeholder_edit",
+    "rebuild",
+    "reconcile",
+    "reconcile_steps",
+]

@@ -1,0 +1,263 @@
+"""The daemon through real processes and real sockets: group commit, acks, bad frames, stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+from daemon_helpers import EDIT, Daemon, outcome, session
+
+from sessionstore import SessionStore, SessionStoreClient, protocol
+from sessionstore.errors import (
+    DaemonUnavailable,
+    InvalidRecord,
+    PipelineError,
+    RequestTooLarge,
+    UnknownSession,
+)
+
+TESTS = Path(__file__).parent
+
+
+def raw_socket(address: str) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(address)
+    return sock
+
+
+def ask(sock: zmq.Socket, *frames: bytes, timeout_ms: int = 10_000) -> dict:
+    sock.send_multipart(list(frames))
+    assert sock.poll(timeout_ms), "no reply from the daemon"
+    return json.loads(sock.recv())
+
+
+def start_writers(address: str, writers: dict[str, tuple[int, str]], timeout: float = 20.0):
+    """writers: id -> (saves, "sync" | "pipeline"); each runs tests/writer.py in its own process."""
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return {
+        wid: subprocess.Popen(
+            [sys.executable, str(TESTS / "writer.py"), address, wid, str(n), mode, str(timeout)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        for wid, (n, mode) in writers.items()
+    }
+
+
+def finish(
+    procs: dict[str, subprocess.Popen], timeout: float = 120.0
+) -> dict[str, tuple[int, list[str], str]]:
+    results = {}
+    for wid, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        results[wid] = (proc.returncode, out.split(), err)
+    return results
+
+
+def stored_edit_ids(db_path: Path, session_id: str) -> list[str]:
+    store = SessionStore(db_path, readonly=True)
+    try:
+        return [o.edit_id for o in store.list_outcomes(session_id)]
+    finally:
+        store.close()
+
+
+def test_parallel_writers_every_ack_stored_once_and_in_order(daemon: Daemon) -> None:
+    writers = {"1": (150, "sync"), "2": (150, "sync"), "3": (150, "sync"), "4": (1000, "pipeline")}
+    results = finish(start_writers(daemon.address, writers))
+    for wid, (code, acked, err) in results.items():
+        assert code == 0, err
+        assert len(acked) == writers[wid][0]
+        assert stored_edit_ids(daemon.db_path, f"writer-{wid}") == acked
+    status = SessionStoreClient(daemon.address, timeout=10).status()
+    assert status["requests_applied"] == sum(n for n, _ in writers.values()) + len(writers)
+    assert status["mean_batch_size"] > 1  # group commit happened
+
+
+def test_save_for_unknown_session_is_refused_not_acked(daemon: Daemon) -> None:
+    client = SessionStoreClient(daemon.address, timeout=10)
+    with pytest.raises(UnknownSession, match="nope"):
+        client.save_outcome("nope", outcome("e1"), **EDIT)
+    assert client.list_outcomes("nope") == []
+    assert client.status()["requests_rejected"] == {"unknown_session": 1}
+
+
+def test_invalid_record_is_refused_with_the_field_named(daemon: Daemon) -> None:
+    client = SessionStoreClient(daemon.address, timeout=10)
+    bad = session("s1")
+    bad.teacher_cost_usd = -1.0  # pydantic does not validate assignment; the daemon does
+    with pytest.raises(InvalidRecord, match="teacher_cost_usd"):
+        client.save_session(bad)
+    with pytest.raises(InvalidRecord, match="pillar"):
+        client.save_outcome("s1", outcome("e"), **{**EDIT, "pillar": "vibes"})
+    assert client.get_session("s1") is None
+
+
+MALFORMED: list[tuple[str, list[bytes], str]] = [
+    ("not json", [b"{nope"], "malformed"),
+    ("not utf-8", [b'{"v":1,"id":"\xff\xfe"}'], "malformed"),
+    ("not an object", [b"[1, 2, 3]"], "malformed"),
+    ("no id", [b'{"v":1,"op":"status"}'], "malformed"),
+    ("id not a string", [b'{"v":1,"id":7,"op":"status"}'], "malformed"),
+    ("wrong version", [b'{"v":99,"id":"a","op":"status"}'], "malformed"),
+    ("unknown op", [b'{"v":1,"id":"a","op":"drop_table"}'], "malformed"),
+    ("missing field", [b'{"v":1,"id":"a","op":"save_outcome","session_id":"s"}'], "malformed"),
+    ("unexpected field", [b'{"v":1,"id":"a","op":"status","x":1}'], "malformed"),
+    ("ill-typed field", [b'{"v":1,"id":"a","op":"save_session","session":"text"}'], "malformed"),
+    ("ill-typed limit", [b'{"v":1,"id":"a","op":"list_sessions","limit":"ten"}'], "malformed"),
+    ("NaN", [b'{"v":1,"id":"a","op":"list_sessions","limit":NaN}'], "malformed"),
+    ("two frames", [b'{"v":1,"id":"a","op":"status"}', b"extra"], "malformed"),
+    ("empty frame", [b""], "malformed"),
+    ("invalid enum", [b'{"v":1,"id":"a","op":"list_sessions","status":"sleeping"}'], "invalid"),
+    (
+        "invalid record",
+        [b'{"v":1,"id":"a","op":"save_session","session":{"id":"x","trigger":"psychic"}}'],
+        "invalid",
+    ),
+]
+
+
+def test_every_malformed_frame_gets_an_error_reply_and_changes_nothing(daemon: Daemon) -> None:
+    client = SessionStoreClient(daemon.address, timeout=10)
+    client.save_session(session("keep"))
+    before = daemon.db_path.read_bytes(), Path(f"{daemon.db_path}-wal").read_bytes()
+    sock = raw_socket(daemon.address)
+    for name, frames, code in MALFORMED:
+        reply = ask(sock, *frames)
+        assert reply["ok"] is False, name
+        assert reply["error"]["code"] == code, (name, reply)
+        assert reply["error"]["message"], name
+    # good traffic continues on the same connection and on others
+    good = ask(sock, protocol.encode_request("good-1", "get_session", session_id="keep"))
+    assert good["ok"] and good["result"]["id"] == "keep"
+    assert (daemon.db_path.read_bytes(), Path(f"{daemon.db_path}-wal").read_bytes()) == before
+    rejected = client.status()["requests_rejected"]
+    assert sum(rejected.values()) == len(MALFORMED)
+
+
+def test_oversized_frame_drops_the_connection_and_the_daemon_carries_on(daemon_factory) -> None:
+    d = daemon_factory().start()
+    limit = 1 << 20
+    sock = raw_socket(d.address)
+    sock.send(b"x" * (limit + 1))
+    assert not sock.poll(1000), "an oversized frame must not be answered"
+    client = SessionStoreClient(d.address, timeout=10)
+    client.save_session(session("after"))
+    assert client.get_session("after") is not None
+    with pytest.raises(RequestTooLarge):
+        client.save_session(session("big", trigger_metadata={"blob": "y" * limit}))
+
+
+def test_retry_with_same_id_after_restart_is_not_applied_twice(daemon_factory) -> None:
+    d = daemon_factory().start()
+    client = SessionStoreClient(d.address, timeout=10)
+    client.save_session(session("s"))
+    frame = protocol.encode_save_outcome("retry-me", "s", outcome("e1"), rationale="", **EDIT)
+    sock = raw_socket(d.address)
+    assert ask(sock, frame)["ok"] is True
+    assert d.stop() == 0
+    d.start()
+    again = ask(raw_socket(d.address), frame)
+    assert again["ok"] is True and again.get("duplicate") is True
+    assert stored_edit_ids(d.db_path, "s") == ["e1"]
+
+
+def test_sigterm_under_load_loses_no_acknowledged_write(daemon_factory) -> None:
+    d = daemon_factory().start()
+    procs = start_writers(d.address, {str(w): (100_000, "sync") for w in range(4)}, timeout=3.0)
+    first_acks = {}
+    for wid, proc in procs.items():  # wait until every writer has had an ack: load is on
+        assert proc.stdout is not None
+        first_acks[wid] = proc.stdout.readline().strip()
+        assert first_acks[wid]
+    assert d.stop(signal.SIGTERM) == 0
+    assert "STOPPING=1" in "\n".join(d.messages) or d.wait_for("STOPPING=1", 5)
+    for wid, proc in procs.items():
+        assert proc.stdout is not None and proc.stderr is not None
+        acked = [first_acks[wid], *proc.stdout.read().split()]  # same buffered reader
+        assert proc.wait(60) == 3, proc.stderr.read()  # the daemon went away under it
+        stored = stored_edit_ids(d.db_path, f"writer-{wid}")
+        assert stored[: len(acked)] == acked  # everything acked is stored, in order
+        assert len(stored) - len(acked) <= 1  # at most the one in flight when it stopped
+    assert Path(f"{d.db_path}-wal").stat().st_size == 0  # final TRUNCATE checkpoint ran
+
+
+def test_client_without_daemon_fails_clearly_within_its_timeout(tmp_path: Path) -> None:
+    address = f"ipc://{tmp_path}/nobody.sock"
+    client = SessionStoreClient(address, timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(DaemonUnavailable, match="nobody.sock"):
+        client.save_session(session("s"))
+    assert time.monotonic() - started < 3.0
+
+
+def test_client_from_many_threads_and_after_fork(daemon: Daemon) -> None:
+    client = SessionStoreClient(daemon.address, timeout=10)
+    client.save_session(session("shared"))
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(50):
+                client.save_outcome("shared", outcome(f"t{t}-{i}"), **EDIT)
+        except BaseException as err:  # surfaced below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    pid = os.fork()
+    if pid == 0:  # child: the inherited client must work with its own socket
+        code = 1
+        try:
+            client.save_outcome("shared", outcome("from-child"), **EDIT)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    ids = [o.edit_id for o in client.list_outcomes("shared")]
+    assert len(ids) == 201 and len(set(ids)) == 201 and "from-child" in ids
+
+
+def test_pipeline_raises_naming_each_failed_save(daemon: Daemon) -> None:
+    client = SessionStoreClient(daemon.address, timeout=10)
+    client.save_session(session("p"))
+    with pytest.raises(PipelineError, match="ghost") as caught, client.pipeline(8) as pipe:
+        for i in range(100):
+            pipe.save_outcome("p", outcome(f"ok-{i}"), **EDIT)
+        pipe.save_outcome("ghost", outcome("lost"), **EDIT)
+    assert len(caught.value.failures) == 1
+    assert len(client.list_outcomes("p")) == 100
+
+
+def test_status_reports_counters_sizes_and_jobs(daemon: Daemon) -> None:
+    client = SessionStoreClient(daemon.address, timeout=10)
+    client.save_session(session("s"))
+    report = client.status()
+    for key in (
+        "uptime_seconds", "requests_received", "requests_applied", "requests_rejected",
+        "batches", "mean_batch_size", "last_commit_ms", "db_bytes", "wal_bytes",
+        "sessions", "outcomes", "jobs",
+    ):  # fmt: skip
+        assert key in report, key
+    assert report["sessions"] == 1 and report["requests_applied"] == 1
+    assert {"checkpoint", "reconcile", "integrity"} <= set(report["jobs"])

@@ -1,0 +1,913 @@
+"""SessionStore: the original OpenJarvis behaviour, and what the single-writer daemon adds."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sessionstore import schema
+from sessionstore.benchmarks.listing import bench_listing
+from sessionstore.errors import (
+    InvalidRecord,
+    ReadOnlyStore,
+    SchemaError,
+    SessionStoreError,
+    StorageFailure,
+    UnknownSession,
+)
+from sessionstore.models import (
+    BenchmarkSnapshot,
+    EditOutcome,
+    LearningSession,
+    SessionStatus,
+)
+from sessionstore.records import OutcomeEdit
+from sessionstore.store import OutcomeWrite, SessionStore, SessionWrite, Write
+
+MakeSession = Callable[..., LearningSession]
+MakeOutcome = Callable[..., EditOutcome]
+
+EDIT: dict[str, str] = {
+    "pillar": "agent",
+    "op": "patch_system_prompt",
+    "target": "agents.simple.system_prompt",
+    "risk_tier": "auto",
+    "rationale": "teacher traces decompose the problem first",
+}
+OUTCOME_EDIT = OutcomeEdit(**EDIT)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "distillation.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[SessionStore]:
+    s = SessionStore(db_path)
+    yield s
+    s.close()
+
+
+def dump_index(db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, read through a separate plain connection."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return {
+            table: conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+            for table in ("learning_sessions", "edit_outcomes", "applied_requests")
+        }
+    finally:
+        conn.close()
+
+
+def row_count(db_path: Path, table: str) -> int:
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def counting_selects(store: SessionStore) -> Iterator[list[str]]:
+    """Record every SELECT the store's connection runs inside the block."""
+    seen: list[str] = []
+
+    def trace(sql: str) -> None:
+        if sql.lstrip().upper().startswith("SELECT"):
+            seen.append(sql)
+
+    store._conn.set_trace_callback(trace)
+    try:
+        yield seen
+    finally:
+        store._conn.set_trace_callback(None)
+
+
+# -- the original behaviour ---------------------------------------------------------
+
+
+def test_saved_session_reads_back_equal_with_its_outcomes(
+    store: SessionStore, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    session = make_session(
+        trigger="user_flag",
+        trigger_metadata={"flagged_by": "u", "trace_ids": ["t1", "t2"], "nested": {"a": [1, 2.5]}},
+        benchmark_after=BenchmarkSnapshot(
+            benchmark_version="bench-v3",
+            overall_score=0.3 + 0.3,  # 0.6000000000000001: the exact float must come back
+            cluster_scores={"math": 0.1 + 0.2},
+            task_count=120,
+            elapsed_seconds=31.25,
+        ),
+        git_checkpoint_post="f" * 40,
+        teacher_cost_usd=1.0 / 3.0,
+        error="partial: one edit timed out",
+    )
+    outcomes = [
+        make_outcome(),
+        make_outcome(status="rejected_by_gate", error="regression", applied_at=None),
+        make_outcome(status="pending_review", benchmark_delta=None, cluster_deltas={}),
+    ]
+    store.save_session(session)
+    for outcome in outcomes:
+        store.save_outcome(session.id, outcome, **EDIT)
+
+    loaded = store.get_session(session.id)
+
+    assert loaded == session.model_copy(update={"edit_outcomes": outcomes})
+    assert loaded is not None
+    assert loaded.started_at.utcoffset() == timedelta(0)
+
+
+def test_session_edit_outcomes_are_stored_only_through_save_outcome(
+    store: SessionStore, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    """As in the original: the session row does not hold outcomes, edit_outcomes rows do."""
+    session = make_session(edit_outcomes=[make_outcome()])
+    store.save_session(session)
+    loaded = store.get_session(session.id)
+    assert loaded is not None
+    assert loaded.edit_outcomes == []
+    assert loaded == session.model_copy(update={"edit_outcomes": []})
+
+
+def test_saving_a_session_again_updates_its_one_row(
+    store: SessionStore, db_path: Path, make_session: MakeSession
+) -> None:
+    session = make_session(status="executing", ended_at=None)
+    store.save_session(session)
+    finished = session.model_copy(
+        update={
+            "status": SessionStatus.COMPLETED,
+            "ended_at": session.started_at + timedelta(minutes=5),
+            "git_checkpoint_post": "abc123",
+        }
+    )
+    store.save_session(finished)
+
+    assert row_count(db_path, "learning_sessions") == 1
+    assert store.get_session(session.id) == finished
+
+
+def test_data_survives_closing_and_reopening(
+    db_path: Path, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    session = make_session()
+    outcome = make_outcome()
+    first = SessionStore(db_path)
+    first.save_session(session)
+    first.save_outcome(session.id, outcome, **EDIT)
+    first.close()
+
+    second = SessionStore(db_path)
+    try:
+        assert second.get_session(session.id) == session.model_copy(
+            update={"edit_outcomes": [outcome]}
+        )
+    finally:
+        second.close()
+
+
+def test_list_sessions_is_newest_started_at_first(
+    store: SessionStore, make_session: MakeSession
+) -> None:
+    sessions = [make_session() for _ in range(5)]
+    for session in (sessions[2], sessions[0], sessions[4], sessions[1], sessions[3]):
+        store.save_session(session)
+    listed = store.list_sessions()
+    assert [s.id for s in listed] == [s.id for s in reversed(sessions)]
+    assert listed == list(reversed(sessions))
+
+
+def test_list_sessions_filters_by_status(store: SessionStore, make_session: MakeSession) -> None:
+    failed = [make_session(status="failed", error="boom") for _ in range(2)]
+    completed = [make_session(status="completed") for _ in range(3)]
+    for session in failed + completed:
+        store.save_session(session)
+
+    assert [s.id for s in store.list_sessions(status=SessionStatus.FAILED)] == [
+        failed[1].id,
+        failed[0].id,
+    ]
+    assert [s.id for s in store.list_sessions(status="completed")] == [
+        s.id for s in reversed(completed)
+    ]
+    assert store.list_sessions(status=SessionStatus.ROLLED_BACK) == []
+
+
+def test_list_sessions_limit_keeps_the_newest(
+    store: SessionStore, make_session: MakeSession
+) -> None:
+    sessions = [make_session(status="failed" if i % 2 else "completed") for i in range(6)]
+    for session in sessions:
+        store.save_session(session)
+
+    assert [s.id for s in store.list_sessions(limit=2)] == [sessions[5].id, sessions[4].id]
+    assert [s.id for s in store.list_sessions(status="completed", limit=2)] == [
+        sessions[4].id,
+        sessions[2].id,
+    ]
+    assert store.list_sessions(limit=0) == []
+    assert len(store.list_sessions(limit=100)) == 6
+
+
+def test_outcomes_are_listed_in_insertion_order(
+    store: SessionStore, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    session = make_session()
+    store.save_session(session)
+    outcomes = [make_outcome(edit_id=edit_id) for edit_id in ("e9", "e1", "e5", "e1")]
+    for outcome in outcomes:
+        store.save_outcome(session.id, outcome, **EDIT)
+
+    assert store.list_outcomes(session.id) == outcomes
+    loaded = store.get_session(session.id)
+    assert loaded is not None
+    assert loaded.edit_outcomes == outcomes
+
+
+def test_listed_sessions_carry_their_own_outcomes(
+    store: SessionStore, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    sessions = [make_session() for _ in range(3)]
+    expected: dict[str, list[EditOutcome]] = {}
+    for session in sessions:
+        store.save_session(session)
+        expected[session.id] = []
+    # interleave the saves so insertion order differs from session order
+    for round_ in range(3):
+        for session in sessions:
+            if session is sessions[1]:
+                continue  # the middle session has no outcomes at all
+            outcome = make_outcome(edit_id=f"{session.id}-e{round_}")
+            store.save_outcome(session.id, outcome, **EDIT)
+            expected[session.id].append(outcome)
+
+    for listed in store.list_sessions():
+        assert listed.edit_outcomes == expected[listed.id]
+    limited = store.list_sessions(limit=1)
+    assert [s.id for s in limited] == [sessions[2].id]
+    assert limited[0].edit_outcomes == expected[sessions[2].id]
+
+
+def test_child_session_references_its_saved_parent(
+    store: SessionStore, make_session: MakeSession
+) -> None:
+    root = make_session()
+    child = make_session(parent_session_id=root.id, trigger="cluster")
+    grandchild = make_session(parent_session_id=child.id)
+    for session in (root, child, grandchild):
+        store.save_session(session)
+
+    chain = []
+    current = store.get_session(grandchild.id)
+    while current is not None:
+        chain.append(current.id)
+        current = (
+            store.get_session(current.parent_session_id) if current.parent_session_id else None
+        )
+    assert chain == [grandchild.id, child.id, root.id]
+
+
+def test_unknown_ids_give_none_and_empty_list(
+    store: SessionStore, make_session: MakeSession
+) -> None:
+    store.save_session(make_session())
+    assert store.get_session("no-such-session") is None
+    assert store.list_outcomes("no-such-session") == []
+
+
+def test_empty_index_lists_nothing(store: SessionStore) -> None:
+    assert store.list_sessions() == []
+    assert store.list_sessions(status="failed", limit=3) == []
+
+
+# -- additions: true upsert ----------------------------------------------------------
+
+
+def test_outcomes_survive_session_resave(
+    store: SessionStore, db_path: Path, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    """The original INSERT OR REPLACE deleted the row first: with foreign keys on that
+    fails, without them the session's outcome rows point at a replaced row."""
+    session = make_session(status="executing")
+    store.save_session(session)
+    outcomes = [make_outcome(), make_outcome()]
+    for outcome in outcomes:
+        store.save_outcome(session.id, outcome, **EDIT)
+
+    for status in ("awaiting_review", "completed"):
+        store.save_session(session.model_copy(update={"status": SessionStatus(status)}))
+
+    loaded = store.get_session(session.id)
+    assert loaded is not None
+    assert loaded.status is SessionStatus.COMPLETED
+    assert loaded.edit_outcomes == outcomes
+    assert row_count(db_path, "edit_outcomes") == 2
+
+
+def test_parent_session_can_be_resaved_under_its_children(
+    store: SessionStore, make_session: MakeSession
+) -> None:
+    parent = make_session(status="executing")
+    child = make_session(parent_session_id=parent.id)
+    store.save_session(parent)
+    store.save_session(child)
+    store.save_session(parent.model_copy(update={"status": SessionStatus.COMPLETED}))
+    loaded_parent = store.get_session(parent.id)
+    assert loaded_parent is not None
+    assert loaded_parent.status is SessionStatus.COMPLETED
+    assert store.get_session(child.id) == child
+
+
+# -- additions: listing in a constant number of queries -------------------------------
+
+
+def _fill(
+    store: SessionStore, make_session: MakeSession, make_outcome: MakeOutcome, n: int
+) -> None:
+    for _ in range(n):
+        session = make_session(status="failed")
+        store.save_session(session)
+        for _ in range(2):
+            store.save_outcome(session.id, make_outcome(), **EDIT)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"status": "failed"}, {"limit": 40}], ids=["all", "status", "limit"]
+)
+def test_list_sessions_runs_the_same_number_of_queries_for_3_and_50_sessions(
+    tmp_path: Path, make_session: MakeSession, make_outcome: MakeOutcome, kwargs: dict[str, Any]
+) -> None:
+    counts = []
+    for n in (3, 50):
+        s = SessionStore(tmp_path / f"index-{n}.db")
+        try:
+            _fill(s, make_session, make_outcome, n)
+            with counting_selects(s) as selects:
+                listed = s.list_sessions(**kwargs)
+            assert all(len(session.edit_outcomes) == 2 for session in listed)
+            counts.append(len(selects))
+        finally:
+            s.close()
+    assert counts[0] == counts[1]
+    assert counts[0] <= 2
+
+
+def test_listing_is_consistent_while_another_connection_writes(
+    db_path: Path, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    """A commit landing between the listing's two queries must not break the listing."""
+    writer = SessionStore(db_path)
+    old = [make_session() for _ in range(3)]
+    for session in old:
+        writer.save_session(session)
+    reader = SessionStore(db_path, readonly=True)
+    newcomer = make_session()  # the newest started_at of all
+    wrote: list[bool] = []
+
+    def write_between_queries(sql: str) -> None:
+        if "edit_outcomes" in sql and not wrote:
+            wrote.append(True)
+            writer.save_session(newcomer)
+            writer.save_outcome(newcomer.id, make_outcome(), **EDIT)
+
+    reader._conn.set_trace_callback(write_between_queries)
+    try:
+        first = reader.list_sessions()
+        reader._conn.set_trace_callback(None)
+        assert wrote == [True]
+        assert first == list(reversed(old))
+        assert [s.id for s in reader.list_sessions()] == [newcomer.id] + [
+            s.id for s in reversed(old)
+        ]
+    finally:
+        reader.close()
+        writer.close()
+
+
+# -- additions: schema versioning -----------------------------------------------------
+
+
+def test_new_index_is_at_the_latest_schema_version(store: SessionStore, db_path: Path) -> None:
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.LATEST_VERSION
+    finally:
+        conn.close()
+
+
+def test_index_from_a_newer_sessionstore_is_refused(db_path: Path) -> None:
+    SessionStore(db_path).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {schema.LATEST_VERSION + 1}")
+    conn.close()
+    before = db_path.read_bytes()
+
+    with pytest.raises(SchemaError, match=str(schema.LATEST_VERSION + 1)):
+        SessionStore(db_path)
+    with pytest.raises(SchemaError, match=str(schema.LATEST_VERSION + 1)):
+        SessionStore(db_path, readonly=True)
+    assert db_path.read_bytes() == before
+
+
+def test_reopening_migrates_nothing_and_keeps_everything(
+    db_path: Path, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    def schema_snapshot() -> tuple[int, list[tuple[Any, ...]]]:
+        conn = sqlite3.connect(db_path)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            master = conn.execute(
+                "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
+            ).fetchall()
+            return version, master
+        finally:
+            conn.close()
+
+    first = SessionStore(db_path)
+    session = make_session()
+    first.save_session(session)
+    first.save_outcome(session.id, make_outcome(), **EDIT, request_id="r1")
+    first.close()
+    after_first = (schema_snapshot(), dump_index(db_path))
+
+    for _ in range(2):
+        again = SessionStore(db_path)
+        again.close()
+        assert (schema_snapshot(), dump_index(db_path)) == after_first
+    assert after_first[0][0] == schema.LATEST_VERSION
+
+
+def test_migrate_on_a_current_connection_is_a_no_op(store: SessionStore) -> None:
+    assert schema.migrate(store._conn) == schema.LATEST_VERSION
+    assert schema.schema_version(store._conn) == schema.LATEST_VERSION
+
+
+# -- additions: apply_batch -----------------------------------------------------------
+
+
+def test_batch_write_for_unknown_session_fails_alone(
+    store: SessionStore, db_path: Path, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    a, b = make_session(), make_session()
+    good_outcome, orphan, later = make_outcome(), make_outcome(), make_outcome()
+    results = store.apply_batch(
+        [
+            SessionWrite(a),
+            OutcomeWrite(a.id, good_outcome, OUTCOME_EDIT),
+            OutcomeWrite("ghost-session", orphan, OUTCOME_EDIT),
+            SessionWrite(b),
+            OutcomeWrite(b.id, later, OUTCOME_EDIT),
+        ]
+    )
+
+    assert [r.ok for r in results] == [True, True, False, True, True]
+    failed = results[2]
+    assert isinstance(failed.error, UnknownSession)
+    assert "ghost-session" in str(failed.error)
+    assert all(r.error is None for i, r in enumerate(results) if i != 2)
+    assert store.get_session(a.id) == a.model_copy(update={"edit_outcomes": [good_outcome]})
+    assert store.get_session(b.id) == b.model_copy(update={"edit_outcomes": [later]})
+    assert row_count(db_path, "edit_outcomes") == 2
+    assert store.list_outcomes("ghost-session") == []
+
+
+def test_duplicate_request_id_in_one_batch_is_stored_once(
+    store: SessionStore, db_path: Path, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    session = make_session()
+    outcome = make_outcome()
+    results = store.apply_batch(
+        [
+            SessionWrite(session, request_id="s-1"),
+            OutcomeWrite(session.id, outcome, OUTCOME_EDIT, request_id="o-1"),
+            OutcomeWrite(session.id, outcome, OUTCOME_EDIT, request_id="o-1"),
+            SessionWrite(session, request_id="s-1"),
+        ]
+    )
+    assert [(r.ok, r.duplicate) for r in results] == [
+        (True, False),
+        (True, False),
+        (True, True),
+        (True, True),
+    ]
+    assert store.list_outcomes(session.id) == [outcome]
+    assert row_count(db_path, "learning_sessions") == 1
+
+
+def test_duplicate_request_id_after_reopen_is_stored_once(
+    db_path: Path, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    session = make_session()
+    outcome = make_outcome()
+    batch: list[Write] = [
+        SessionWrite(session, request_id="s-1"),
+        OutcomeWrite(session.id, outcome, OUTCOME_EDIT, request_id="o-1"),
+    ]
+    first = SessionStore(db_path)
+    assert [r.duplicate for r in first.apply_batch(batch)] == [False, False]
+    first.close()
+
+    second = SessionStore(db_path)
+    try:
+        results = second.apply_batch(batch)
+        assert [(r.ok, r.duplicate) for r in results] == [(True, True), (True, True)]
+        assert second.list_outcomes(session.id) == [outcome]
+    finally:
+        second.close()
+
+
+def test_save_outcome_retried_with_same_request_id_stores_one_row(
+    db_path: Path, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    session = make_session()
+    outcome = make_outcome()
+    first = SessionStore(db_path)
+    first.save_session(session)
+    first.save_outcome(session.id, outcome, **EDIT, request_id="retry-me")
+    first.save_outcome(session.id, outcome, **EDIT, request_id="retry-me")
+    assert first.list_outcomes(session.id) == [outcome]
+    first.close()
+
+    second = SessionStore(db_path)
+    try:
+        second.save_outcome(session.id, outcome, **EDIT, request_id="retry-me")
+        assert second.list_outcomes(session.id) == [outcome]
+        # without a request id there is no deduplication: a second outcome row, as in the original
+        second.save_outcome(session.id, outcome, **EDIT)
+        assert second.list_outcomes(session.id) == [outcome, outcome]
+    finally:
+        second.close()
+    assert row_count(db_path, "edit_outcomes") == 2
+
+
+def test_retried_session_save_does_not_undo_a_newer_save(
+    store: SessionStore, make_session: MakeSession
+) -> None:
+    running = make_session(status="executing")
+    done = running.model_copy(update={"status": SessionStatus.COMPLETED})
+    store.save_session(running, request_id="save-1")
+    store.save_session(done, request_id="save-2")
+    store.save_session(running, request_id="save-1")  # a late retry of the first request
+    assert store.get_session(running.id) == done
+
+
+def test_refused_write_does_not_use_up_its_request_id(
+    store: SessionStore, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    session = make_session()
+    outcome = make_outcome()
+    write = OutcomeWrite(session.id, outcome, OUTCOME_EDIT, request_id="o-early")
+    (early,) = store.apply_batch([write])
+    assert not early.ok and isinstance(early.error, UnknownSession)
+
+    store.save_session(session)
+    (retried,) = store.apply_batch([write])
+    assert (retried.ok, retried.duplicate) == (True, False)
+    assert store.list_outcomes(session.id) == [outcome]
+
+
+def test_disk_full_fails_the_whole_batch_and_the_store_keeps_working(
+    store: SessionStore, db_path: Path, make_session: MakeSession
+) -> None:
+    """SQLITE_FULL from the real pager: max_page_count caps the file at its current size."""
+    existing = make_session()
+    store.save_session(existing)
+    before = dump_index(db_path)
+    small = make_session()
+    huge = make_session(trigger_metadata={"blob": "x" * 500_000})
+    page_count = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count = {page_count}")
+
+    with pytest.raises(StorageFailure, match="full"):
+        store.apply_batch([SessionWrite(small), SessionWrite(huge)])
+
+    assert dump_index(db_path) == before
+    assert store.get_session(small.id) is None
+    store._conn.execute("PRAGMA max_page_count = 1073741823")
+    store.apply_batch([SessionWrite(small), SessionWrite(huge)])
+    assert store.get_session(huge.id) == huge
+    assert store.get_session(existing.id) == existing
+
+
+# -- additions: read-only mode ---------------------------------------------------------
+
+
+def _write_attempts(
+    session: LearningSession, outcome: EditOutcome
+) -> dict[str, Callable[..., Any]]:
+    return {
+        "save_session": lambda s: s.save_session(session),
+        "save_outcome": lambda s: s.save_outcome(session.id, outcome, **EDIT),
+        "apply_batch": lambda s: s.apply_batch([SessionWrite(session)]),
+        "record_file_states": lambda s: s.record_file_states([("a/session.json", 1, 2, "x")]),
+        "forget_file_states": lambda s: s.forget_file_states(),
+        "prune_applied_requests": lambda s: s.prune_applied_requests(0.0),
+    }
+
+
+def test_readonly_store_reads_everything(
+    db_path: Path, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    writer = SessionStore(db_path)
+    sessions = [make_session(), make_session()]
+    outcome = make_outcome()
+    for session in sessions:
+        writer.save_session(session)
+    writer.save_outcome(sessions[0].id, outcome, **EDIT)
+    writer.close()
+
+    reader = SessionStore(db_path, readonly=True)
+    try:
+        assert reader.readonly
+        expected_first = sessions[0].model_copy(update={"edit_outcomes": [outcome]})
+        assert reader.get_session(sessions[0].id) == expected_first
+        assert reader.list_sessions() == [sessions[1], expected_first]
+        assert reader.list_outcomes(sessions[0].id) == [outcome]
+        assert reader.counts() == {"sessions": 2, "outcomes": 1}
+    finally:
+        reader.close()
+
+
+def test_readonly_store_refuses_every_write_and_leaves_the_file_unchanged(
+    db_path: Path, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    writer = SessionStore(db_path)
+    existing = make_session()
+    writer.save_session(existing)
+    writer.save_outcome(existing.id, make_outcome(), **EDIT, request_id="r0")
+    writer.close()
+    before_bytes = db_path.read_bytes()
+    before_rows = dump_index(db_path)
+
+    reader = SessionStore(db_path, readonly=True)
+    try:
+        attempts = _write_attempts(make_session(), make_outcome())
+        for name, attempt in attempts.items():
+            with pytest.raises(ReadOnlyStore, match=name):
+                attempt(reader)
+        assert len(attempts) == 6
+    finally:
+        reader.close()
+
+    assert db_path.read_bytes() == before_bytes
+    assert dump_index(db_path) == before_rows
+    wal = Path(f"{db_path}-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_readonly_open_of_a_missing_file_fails_and_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.db"
+    with pytest.raises(StorageFailure, match="nope.db"):
+        SessionStore(missing, readonly=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_readonly_open_of_a_file_that_is_not_an_index_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaError, match="learning_sessions"):
+        SessionStore(other, readonly=True)
+
+
+# -- additions: bad input is refused by name and changes nothing ------------------------
+
+
+def _mutated(session: LearningSession, **changes: Any) -> LearningSession:
+    copy = session.model_copy(deep=True)
+    for name, value in changes.items():
+        setattr(copy, name, value)
+    return copy
+
+
+def _bad_snapshot() -> BenchmarkSnapshot:
+    return BenchmarkSnapshot.model_construct(
+        benchmark_version="v",
+        overall_score=1.5,
+        cluster_scores={},
+        task_count=1,
+        elapsed_seconds=1.0,
+    )
+
+
+BadWrite = Callable[[SessionStore, LearningSession, EditOutcome], Any]
+
+BAD_WRITES: list[tuple[str, BadWrite, type[SessionStoreError], str]] = [
+    (
+        "session as dict",
+        lambda s, sess, o: s.save_session(sess.model_dump()),
+        InvalidRecord,
+        "LearningSession",
+    ),
+    ("session as None", lambda s, sess, o: s.save_session(None), InvalidRecord, "LearningSession"),
+    (
+        "outcome passed as session",
+        lambda s, sess, o: s.save_session(o),
+        InvalidRecord,
+        "EditOutcome",
+    ),
+    (
+        "negative teacher_cost_usd after construction",
+        lambda s, sess, o: s.save_session(_mutated(sess, teacher_cost_usd=-1.0)),
+        InvalidRecord,
+        "teacher_cost_usd",
+    ),
+    (
+        "bad status after construction",
+        lambda s, sess, o: s.save_session(_mutated(sess, status="done")),
+        InvalidRecord,
+        "status",
+    ),
+    (
+        "id of wrong type after construction",
+        lambda s, sess, o: s.save_session(_mutated(sess, id=123)),
+        InvalidRecord,
+        "id",
+    ),
+    (
+        "started_at not a datetime",
+        lambda s, sess, o: s.save_session(_mutated(sess, started_at="last tuesday")),
+        InvalidRecord,
+        "started_at",
+    ),
+    (
+        "overall_score out of range via model_construct",
+        lambda s, sess, o: s.save_session(
+            LearningSession.model_construct(
+                **{**dict(sess), "benchmark_before": _bad_snapshot(), "status": "failed"}
+            )
+        ),
+        InvalidRecord,
+        "benchmark_before.overall_score",
+    ),
+    (
+        "negative task_count via model_construct",
+        lambda s, sess, o: s.save_session(
+            _mutated(
+                sess,
+                benchmark_after=BenchmarkSnapshot.model_construct(
+                    benchmark_version="v",
+                    overall_score=0.5,
+                    cluster_scores={},
+                    task_count=-3,
+                    elapsed_seconds=1.0,
+                ),
+            )
+        ),
+        InvalidRecord,
+        "benchmark_after.task_count",
+    ),
+    (
+        "unknown parent_session_id",
+        lambda s, sess, o: s.save_session(
+            _mutated(sess, id="orphan-child", parent_session_id="missing-parent")
+        ),
+        UnknownSession,
+        "missing-parent",
+    ),
+    (
+        "outcome as dict",
+        lambda s, sess, o: s.save_outcome(sess.id, o.model_dump(), **EDIT),
+        InvalidRecord,
+        "EditOutcome",
+    ),
+    (
+        "outcome status not in the literal",
+        lambda s, sess, o: s.save_outcome(sess.id, _mutated(o, status="maybe"), **EDIT),
+        InvalidRecord,
+        "status",
+    ),
+    (
+        "benchmark_delta of wrong type",
+        lambda s, sess, o: s.save_outcome(
+            sess.id, EditOutcome.model_construct(**{**dict(o), "benchmark_delta": "big"}), **EDIT
+        ),
+        InvalidRecord,
+        "benchmark_delta",
+    ),
+    (
+        "unknown pillar",
+        lambda s, sess, o: s.save_outcome(sess.id, o, **{**EDIT, "pillar": "memory"}),
+        InvalidRecord,
+        "pillar",
+    ),
+    (
+        "unknown op",
+        lambda s, sess, o: s.save_outcome(sess.id, o, **{**EDIT, "op": "drop_table"}),
+        InvalidRecord,
+        "op",
+    ),
+    (
+        "unknown risk_tier",
+        lambda s, sess, o: s.save_outcome(sess.id, o, **{**EDIT, "risk_tier": "low"}),
+        InvalidRecord,
+        "risk_tier",
+    ),
+    (
+        "pillar of wrong type",
+        lambda s, sess, o: s.save_outcome(sess.id, o, **{**EDIT, "pillar": 3}),
+        InvalidRecord,
+        "pillar",
+    ),
+    (
+        "target of wrong type",
+        lambda s, sess, o: s.save_outcome(sess.id, o, **{**EDIT, "target": 42}),
+        InvalidRecord,
+        "target",
+    ),
+    (
+        "rationale None",
+        lambda s, sess, o: s.save_outcome(sess.id, o, **{**EDIT, "rationale": None}),
+        InvalidRecord,
+        "rationale",
+    ),
+    (
+        "session_id of wrong type",
+        lambda s, sess, o: s.save_outcome(123, o, **EDIT),
+        InvalidRecord,
+        "session_id",
+    ),
+    (
+        "empty session_id",
+        lambda s, sess, o: s.save_outcome("", o, **EDIT),
+        InvalidRecord,
+        "session_id",
+    ),
+    (
+        "outcome for an unknown session",
+        lambda s, sess, o: s.save_outcome("no-such-session", o, **EDIT),
+        UnknownSession,
+        "no-such-session",
+    ),
+    (
+        "listing by an unknown status",
+        lambda s, sess, o: s.list_sessions(status="finished"),
+        InvalidRecord,
+        "status",
+    ),
+    ("negative limit", lambda s, sess, o: s.list_sessions(limit=-1), InvalidRecord, "limit"),
+    ("limit as string", lambda s, sess, o: s.list_sessions(limit="10"), InvalidRecord, "limit"),
+]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydantic warns when dumping bad constructs
+@pytest.mark.parametrize(
+    ("bad_write", "error", "named"),
+    [pytest.param(fn, err, named, id=label) for label, fn, err, named in BAD_WRITES],
+)
+def test_bad_input_is_refused_by_name_and_changes_nothing(
+    store: SessionStore,
+    db_path: Path,
+    make_session: MakeSession,
+    make_outcome: MakeOutcome,
+    bad_write: BadWrite,
+    error: type[SessionStoreError],
+    named: str,
+) -> None:
+    session = make_session()
+    store.save_session(session)
+    store.save_outcome(session.id, make_outcome(), **EDIT, request_id="r-1")
+    before = dump_index(db_path)
+    expected = store.get_session(session.id)
+
+    with pytest.raises(error) as info:
+        bad_write(store, session, make_outcome())
+
+    assert isinstance(info.value, SessionStoreError)
+    assert named in str(info.value)
+    assert dump_index(db_path) == before
+    assert store.get_session(session.id) == expected
+    # and the store still accepts good writes afterwards
+    store.save_outcome(session.id, make_outcome(), **EDIT)
+    assert row_count(db_path, "edit_outcomes") == 2
+
+
+# -- the listing benchmark ---------------------------------------------------------------
+
+
+def test_bench_listing_returns_well_formed_numbers(tmp_path: Path) -> None:
+    result = bench_listing(tmp_path / "bench", sessions=20, outcomes_per_session=2)
+    assert set(result) == {
+        "sessions",
+        "outcomes",
+        "batched_seconds",
+        "per_session_seconds",
+        "speedup",
+    }
+    assert result["sessions"] == 20
+    assert result["outcomes"] == 40
+    for key in ("batched_seconds", "per_session_seconds", "speedup"):
+        assert isinstance(result[key], float)
+        assert result[key] > 0

@@ -80,7 +80,9 @@ def serve(settings: Settings) -> int:
     """Run the daemon until SIGTERM/SIGINT; return the process exit code."""
     configure_logging(settings.log_level, journal=journal_stream_active())
     os.umask(0o077)  # the index, its WAL and the ipc socket are the owner's alone
-    if not is_loopback(settings.endpoint) and settings.curve_secret_key is None:
+    if not is_loopback(settings.endpoint) and (
+        settings.curve_secret_key is None or settings.curve_allowed_dir is None
+    ):
         raise ConfigError(
             f"address {settings.endpoint} is not loopback: set curve_secret_key and "
             "curve_allowed_dir (see `sessionstore keygen`) to serve beyond this machine"
@@ -106,6 +108,7 @@ def _serve_locked(settings: Settings) -> int:
     jobs = Jobs(loop, store, settings)
     heartbeat = Heartbeat(notifier, loop.stats.summary, settings.status_interval)
     loop.configure(heartbeat=heartbeat, admin=jobs.admin_handlers(), idle_poll_ms=heartbeat.poll_ms)
+    auth = loop.enable_curve() if settings.curve_secret_key is not None else None
     try:
         loop.bind()
     except zmq.ZMQError as err:
@@ -135,6 +138,8 @@ def _serve_locked(settings: Settings) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _final_checkpoint(store, settings)
+        if auth is not None:
+            auth.stop()
         loop.close()
         context.term()
         store.close()

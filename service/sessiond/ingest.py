@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from sessiond.logs import RateLimited
+from sessiond.security import enable_curve
 from sessiond.stats import IngestStats
 from sessionstore import protocol
 from sessionstore.config import Settings
@@ -69,6 +71,7 @@ class IngestLoop:
         self._heartbeat: Callable[[], None] = lambda: None
         self._admin: dict[str, Callable[[dict[str, Any]], Any]] = {}
         self._idle_poll_ms = IDLE_POLL_MS
+        self._context = context
         self._router = context.socket(zmq.ROUTER)
         self._tasks: queue.Queue[Task] = queue.Queue()
         self._running: collections.deque[Task] = collections.deque()
@@ -102,6 +105,10 @@ class IngestLoop:
         sock.setsockopt(zmq.RCVHWM, s.high_water_mark)
         sock.setsockopt(zmq.SNDHWM, s.high_water_mark)
         sock.bind(s.endpoint)
+
+    def enable_curve(self) -> ThreadAuthenticator:
+        """Require CURVE keys from clients (see :mod:`sessiond.security`); before :meth:`bind`."""
+        return enable_curve(self._context, self._router, self.settings)
 
     def request_stop(self) -> None:
         """Ask the loop to drain and return; safe from a signal handler or another thread."""

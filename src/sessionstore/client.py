@@ -16,13 +16,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import zmq
+import zmq.auth
 
 from sessionstore import protocol
 from sessionstore.config import load_settings
 from sessionstore.errors import (
+    ConfigError,
     DaemonUnavailable,
     InvalidRecord,
     PipelineError,
@@ -63,6 +66,7 @@ class SessionStoreClient:
         self.max_in_flight = max_in_flight or settings.max_in_flight
         self.max_message_bytes = max_message_bytes or settings.max_message_bytes
         self._high_water_mark = settings.high_water_mark
+        self._curve = _curve_keys(settings.curve_server_key, settings.curve_client_secret_key)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._sockets: list[zmq.Socket] = []
@@ -232,6 +236,8 @@ class SessionStoreClient:
         sock.setsockopt(zmq.RCVHWM, self._high_water_mark)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if self._curve is not None:
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self._curve
         sock.connect(self.address)
         with self._lock:
             if self._sockets_pid != pid:  # forked: the inherited list is the parent's
@@ -250,6 +256,21 @@ class SessionStoreClient:
                 self._sockets.remove(state.socket)
         state.socket.close(linger=0)
         del self._local.state
+
+
+def _curve_keys(
+    server_key: Path | None, client_secret_key: Path | None
+) -> tuple[bytes, bytes, bytes] | None:
+    """(server public, client public, client secret) when CURVE is configured, else None."""
+    if server_key is None and client_secret_key is None:
+        return None
+    if server_key is None or client_secret_key is None:
+        raise ConfigError("CURVE needs both curve_server_key and curve_client_secret_key")
+    server_public, _ = zmq.auth.load_certificate(str(server_key))
+    client_public, client_secret = zmq.auth.load_certificate(str(client_secret_key))
+    if client_secret is None:
+        raise ConfigError(f"curve_client_secret_key: {client_secret_key} holds no secret key")
+    return server_public, client_public, client_secret
 
 
 def _encode_session(rid: str, session: LearningSession) -> bytes:

@@ -125,6 +125,14 @@ class Settings(BaseSettings):
         default=None,
         description="Directory of allowed client public keys (*.key) for CURVE.",
     )
+    curve_server_key: Path | None = Field(
+        default=None,
+        description="Client side: the daemon's CURVE public key file (NAME.key) for tcp:// with CURVE.",
+    )
+    curve_client_secret_key: Path | None = Field(
+        default=None,
+        description="Client side: this client's CURVE key pair file (NAME.key_secret).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
     )

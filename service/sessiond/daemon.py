@@ -113,6 +113,8 @@ def _serve_locked(settings: Settings) -> int:
         loop.bind()
     except zmq.ZMQError as err:
         raise SessionStoreError(f"cannot bind {settings.endpoint}: {err}") from err
+    if socket_path is not None:
+        os.chmod(socket_path, settings.socket_mode)  # created 0700 under our umask
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         notifier.stopping()

@@ -117,7 +117,14 @@ def config_reference() -> str:
     lines = ["| key | env var | default | meaning |", "|---|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=False)
-        shown = "(derived)" if default is None or field.default_factory else f"`{default}`"
+        if name in {"learning_root", "db_path", "address"}:
+            shown = "(derived)"
+        elif default is None:
+            shown = "unset"
+        elif name == "socket_mode":
+            shown = f"`{default:04o}`"
+        else:
+            shown = f"`{default}`"
         lines.append(
             f"| `{name}` | `SESSIONSTORE_{name.upper()}` | {shown} | {field.description or ''} |"
         )

@@ -78,6 +78,13 @@ class Settings(BaseSettings):
         le=1 << 30,
         description="Largest accepted request frame; a bigger one drops the connection.",
     )
+    socket_mode: int = Field(
+        default=0o600,
+        ge=0,
+        le=0o777,
+        description="Permissions of the ipc:// socket file (octal, e.g. 0660 to admit the "
+        "daemon's group; connecting needs write permission).",
+    )
     high_water_mark: int = Field(
         default=1000, ge=1, description="ZeroMQ send/receive high-water mark (messages)."
     )
@@ -162,6 +169,16 @@ class Settings(BaseSettings):
             self.address = f"ipc://{self.learning_root / SOCKET_FILENAME}"
         self.address = normalise_address(self.address)
         return self
+
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _octal(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return int(value, 8)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an octal file mode like 0600") from None
+        return value
 
     @field_validator("address")
     @classmethod

@@ -1,0 +1,102 @@
+"""Maintenance through the live daemon: jobs run on the loop, between batches, and never kill it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from daemon_helpers import EDIT, Daemon, outcome, session
+from sessionfiles import plan_dict, session_dict, write_session
+
+from sessionstore import SessionStore, SessionStoreClient
+
+
+def wait_until(predicate, timeout: float = 30.0, every: float = 0.05):  # type: ignore[no-untyped-def]
+    """Poll a condition of the daemon's state with a deadline (its reports are the events)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def test_saves_are_acknowledged_while_a_large_reconcile_runs(daemon_factory) -> None:
+    d: Daemon = daemon_factory()
+    for i in range(3000):
+        sid = f"file-{i:05d}"
+        write_session(d.learning_root, sid, session_dict(sid), plan=plan_dict(sid))
+    d.start()
+    client = SessionStoreClient(d.address, timeout=30)
+    client.save_session(session("live"))
+    reconcile_result: dict = {}
+    acked_during: list[int] = []
+
+    def run_reconcile() -> None:
+        reconcile_result.update(client.reconcile(timeout=300))
+
+    worker = threading.Thread(target=run_reconcile)
+    worker.start()
+    i = 0
+    while worker.is_alive() or i == 0:
+        client.save_outcome("live", outcome(f"e{i}"), **EDIT)
+        if worker.is_alive():
+            acked_during.append(i)
+        i += 1
+    worker.join(300)
+    assert reconcile_result["inserted"] == 3000
+    # the reconcile was sliced: saves were acknowledged while it was still running
+    assert len(acked_during) >= 5, acked_during
+    assert len(client.list_outcomes("live")) == i
+    assert client.status()["jobs"]["reconcile"]["runs"] == 1
+
+
+def test_scheduled_checkpoint_truncates_a_grown_wal_when_idle(daemon_factory) -> None:
+    d: Daemon = daemon_factory(
+        extra_env={
+            "SESSIONSTORE_CHECKPOINT_INTERVAL": "0.3",
+            "SESSIONSTORE_WAL_TRUNCATE_BYTES": "0",
+        }
+    ).start()
+    client = SessionStoreClient(d.address, timeout=30)
+    client.save_session(session("s"))
+    with client.pipeline() as pipe:
+        for i in range(3000):
+            pipe.save_outcome("s", outcome(f"e{i}"), **EDIT)
+    assert client.status()["wal_bytes"] > 0
+    runs_before = client.status()["jobs"]["checkpoint"]["runs"]
+
+    def truncated() -> bool:
+        report = client.status()
+        job = report["jobs"]["checkpoint"]
+        return job["runs"] > runs_before and report["wal_bytes"] == 0
+
+    wait_until(truncated)
+    last = client.status()["jobs"]["checkpoint"]["last_result"]
+    assert last["mode"] == "TRUNCATE" and last["blocked_by_readers"] is False
+
+
+def test_checkpoint_on_demand_reports_blocking_reader(daemon: Daemon) -> None:
+    client = SessionStoreClient(daemon.address, timeout=30)
+    client.save_session(session("s"))
+    with client.pipeline() as pipe:
+        for i in range(500):
+            pipe.save_outcome("s", outcome(f"e{i}"), **EDIT)
+    reader = SessionStore(daemon.db_path, readonly=True)
+    try:
+        reader._conn.execute("BEGIN")
+        reader._conn.execute("SELECT count(*) FROM edit_outcomes").fetchone()  # pins a snapshot
+        blocked = client.checkpoint("TRUNCATE")
+        assert blocked["blocked_by_readers"] is True and blocked["wal_bytes_after"] > 0
+        reader._conn.execute("COMMIT")
+    finally:
+        reader.close()
+    freed = client.checkpoint("TRUNCATE")
+    assert freed["blocked_by_readers"] is False and freed["wal_bytes_after"] == 0
+
+
+def test_integrity_check_on_demand_reports_ok(daemon: Daemon) -> None:
+    client = SessionStoreClient(daemon.address, timeout=30)
+    assert client.integrity_check() == {"ok": True, "messages": ["ok"]}
+    assert client.status()["integrity_ok"] is True

@@ -154,10 +154,12 @@ def _final_checkpoint(store: SessionStore, settings: Settings) -> None:
     if settings.checkpoint_mode == "off":
         return
     try:
+        copied = store.checkpoint("PASSIVE")
         result = store.checkpoint("TRUNCATE")
         log.info(
-            "final checkpoint: %d frames, blocked by readers: %s",
-            result.checkpointed_frames,
+            "final checkpoint: %d of %d WAL frames copied, blocked by readers: %s",
+            copied.checkpointed_frames,
+            copied.wal_frames,
             result.busy,
         )
     except SessionStoreError as err:

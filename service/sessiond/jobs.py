@@ -50,17 +50,22 @@ class JobState:
 
 
 def checkpoint_steps(store: SessionStore, mode: str) -> Steps:
-    """One checkpoint; reports WAL bytes before and after and whether readers blocked it."""
+    """One checkpoint; reports WAL bytes before and after and whether readers blocked it.
+
+    A successful TRUNCATE reports zero frames (the WAL is gone), so it is preceded by a
+    PASSIVE pass that copies the frames and says how many there were.
+    """
     before = store.file_sizes()["wal_bytes"]
-    result = store.checkpoint(mode)
+    copied = store.checkpoint("PASSIVE")
+    result = store.checkpoint(mode) if mode != "PASSIVE" else copied
     after = store.file_sizes()["wal_bytes"]
     yield from ()
     return {
         "mode": result.mode,
         "wal_bytes_before": before,
         "wal_bytes_after": after,
-        "wal_frames": result.wal_frames,
-        "checkpointed_frames": result.checkpointed_frames,
+        "wal_frames": copied.wal_frames,
+        "checkpointed_frames": copied.checkpointed_frames,
         "blocked_by_readers": result.busy,
     }
 
@@ -83,10 +88,9 @@ class Jobs:
 
     def _scheduled_checkpoint(self) -> Steps:
         """PASSIVE each tick; TRUNCATE when the WAL passed its threshold and the loop is idle."""
-        result = yield from checkpoint_steps(self._store, "PASSIVE")
-        if result["wal_bytes_after"] > self._settings.wal_truncate_bytes and self._loop.idle:
-            result = yield from checkpoint_steps(self._store, "TRUNCATE")
-        return result
+        big = self._store.file_sizes()["wal_bytes"] > self._settings.wal_truncate_bytes
+        mode = "TRUNCATE" if big and self._loop.idle else "PASSIVE"
+        return (yield from checkpoint_steps(self._store, mode))
 
     def _reconcile(self, dry_run: bool) -> Steps:
         from sessionstore.reconcile import reconcile_steps  # only the daemon needs it, at first run

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -222,6 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, err, EXIT_FAILURE)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `sessionstore ls | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _fail(args: argparse.Namespace, err: BaseException, code: int) -> int:

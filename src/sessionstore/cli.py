@@ -217,15 +217,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="sessionstore: %(message)s")
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # `sessionstore ls | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ConfigError as err:
         return _fail(args, err, EXIT_USAGE)
     except (SessionStoreError, ValueError, OSError) as err:
         return _fail(args, err, EXIT_FAILURE)
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `sessionstore ls | head`: the reader left, nothing is wrong
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 def _fail(args: argparse.Namespace, err: BaseException, code: int) -> int:

@@ -26,10 +26,10 @@ from sessionfiles import (
 
 from sessionstore.errors import IntegrityViolation, ReadOnlyStore
 from sessionstore.models import EditOutcome, LearningSession
+from sessionstore.rebuild import rebuild
 from sessionstore.reconcile import (
     PLACEHOLDER_TARGET,
     ReconcileResult,
-    rebuild,
     reconcile,
     reconcile_steps,
 )

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from sessionstore.cli_render import print_json, render_result
 from sessionstore.config import Settings
 from sessionstore.lock import IndexLock
-from sessionstore.reconcile import rebuild
+from sessionstore.rebuild import rebuild
 
 log = logging.getLogger("sessionstore.rebuild")
 # Plain progress lines (no terminal) every this many files.

@@ -40,11 +40,8 @@ float) is refused: the index cannot store non-finite values faithfully.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
-import re
 import stat
 import time
 from collections.abc import Callable, Generator
@@ -54,7 +51,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from sessionstore.errors import InvalidRecord, ReadOnlyStore, StorageFailure
+from sessionstore.errors import InvalidRecord, ReadOnlyStore
+from sessionstore.filereading import UnusableFile, inside, one_line, parse_json, read_bytes
 from sessionstore.models import EditOutcome, LearningPlan, LearningSession
 from sessionstore.records import OutcomeEdit, describe_validation_error
 from sessionstore.store import OutcomeWrite, SessionStore, SessionWrite, Write, WriteResult
@@ -62,11 +60,8 @@ from sessionstore.store import OutcomeWrite, SessionStore, SessionWrite, Write, 
 SESSIONS_DIR = "sessions"
 SESSION_FILE = "session.json"
 PLAN_FILE = "plan.json"
-MAX_FILE_BYTES = 32 << 20
-"""A session.json or plan.json larger than this is reported, not read."""
 SETTLE_SECONDS = 2.0
 """A file modified more recently than this is reconciled but its state is not recorded."""
-REBUILD_SLICE_FILES = 1000
 
 PLACEHOLDER_TARGET = "sessionstore:unknown-edit"
 
@@ -117,10 +112,6 @@ class ReconcileResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class _Unusable(Exception):
-    """A file that cannot be used; the message is the one-line reason."""
 
 
 @dataclass(slots=True)
@@ -251,7 +242,7 @@ class _Run:
             self.progress(done, total)
 
     def _invalid(self, rel: str, reason: str) -> None:
-        self.result.invalid.append(InvalidFile(rel, _one_line(reason)))
+        self.result.invalid.append(InvalidFile(rel, one_line(reason)))
 
     # -- reading files -------------------------------------------------------
 
@@ -285,14 +276,14 @@ class _Run:
             real = os.path.realpath(self.sessions / name)
             if os.path.dirname(real) == self.real_sessions and os.path.basename(real) in names:
                 return None  # an alias of a session directory that is read under its own name
-            if not _inside(real, self.real_sessions):
+            if not inside(real, self.real_sessions):
                 self._invalid(rel, "directory is a symlink that resolves outside sessions/")
                 return None
         try:
             path, st = self._locate(self.sessions / name / SESSION_FILE)
         except FileNotFoundError:
             return None  # a running session: it has a directory but no session.json yet
-        except _Unusable as err:
+        except UnusableFile as err:
             self.with_file.add(name)
             self.result.scanned += 1
             self._invalid(rel, str(err))
@@ -304,15 +295,15 @@ class _Run:
             return None
         self.result.parsed += 1
         try:
-            data, fst = _read_bytes(path)
-            raw = _parse_json(data)
+            data, fst = read_bytes(path)
+            raw = parse_json(data)
             try:
                 session = LearningSession.model_validate(raw)
             except ValidationError as err:
-                raise _Unusable(describe_validation_error("not a valid session", err)) from None
+                raise UnusableFile(describe_validation_error("not a valid session", err)) from None
             if session.id != name:
-                raise _Unusable(f"id {session.id!r} does not match directory {name!r}")
-        except _Unusable as err:
+                raise UnusableFile(f"id {session.id!r} does not match directory {name!r}")
+        except UnusableFile as err:
             self._invalid(rel, str(err))
             return None
         settled = fst.st_mtime_ns <= time.time_ns() - int(SETTLE_SECONDS * 1e9)
@@ -325,18 +316,18 @@ class _Run:
         except FileNotFoundError:
             raise
         except OSError as err:
-            raise _Unusable(f"cannot stat: {err.strerror or err}") from None
+            raise UnusableFile(f"cannot stat: {err.strerror or err}") from None
         target = str(path)
         if stat.S_ISLNK(st.st_mode):
             target = os.path.realpath(path)
-            if not _inside(target, self.real_sessions):
-                raise _Unusable("symlink resolves outside sessions/")
+            if not inside(target, self.real_sessions):
+                raise UnusableFile("symlink resolves outside sessions/")
             try:
                 st = os.stat(target)
             except OSError as err:
-                raise _Unusable(f"broken symlink: {err.strerror or err}") from None
+                raise UnusableFile(f"broken symlink: {err.strerror or err}") from None
         if not stat.S_ISREG(st.st_mode):
-            raise _Unusable("not a regular file")
+            raise UnusableFile("not a regular file")
         return target, st
 
     def _plan_edits(self, item: _Parsed) -> tuple[dict[str, OutcomeEdit], str]:
@@ -344,9 +335,9 @@ class _Run:
         rel = f"{SESSIONS_DIR}/{item.name}/{PLAN_FILE}"
         try:
             path, _ = self._locate(self.sessions / item.name / PLAN_FILE)
-            plan = LearningPlan.model_validate(_parse_json(_read_bytes(path)[0]))
+            plan = LearningPlan.model_validate(parse_json(read_bytes(path)[0]))
             if plan.session_id != item.name:
-                raise _Unusable(
+                raise UnusableFile(
                     f"session_id {plan.session_id!r} does not match directory {item.name!r}"
                 )
         except FileNotFoundError:
@@ -354,7 +345,7 @@ class _Run:
         except ValidationError as err:
             self._invalid(rel, describe_validation_error("not a valid plan", err))
             return {}, "plan.json is invalid"
-        except _Unusable as err:
+        except UnusableFile as err:
             self._invalid(rel, str(err))
             return {}, "plan.json is invalid"
         edits: dict[str, OutcomeEdit] = {}
@@ -496,168 +487,11 @@ def _parents_first(items: list[_Parsed], known: set[str]) -> tuple[list[_Parsed]
     return ordered, remaining
 
 
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-_OPEN_FLAGS = (
-    os.O_RDONLY
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_NONBLOCK", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-)
-
-
-def _read_bytes(path: str) -> tuple[bytes, os.stat_result]:
-    """Read a file read-only (never blocking on a FIFO); its stat is that of what was read."""
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as err:
-        raise _Unusable(f"cannot open: {err.strerror or err}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _Unusable("not a regular file")
-        if st.st_size > MAX_FILE_BYTES:
-            raise _Unusable(f"larger than {MAX_FILE_BYTES} bytes ({st.st_size})")
-        chunks = []
-        total = 0
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > MAX_FILE_BYTES:
-                raise _Unusable(f"larger than {MAX_FILE_BYTES} bytes")
-        return b"".join(chunks), st
-    except OSError as err:
-        raise _Unusable(f"cannot read: {err.strerror or err}") from None
-    finally:
-        os.close(fd)
-
-
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-
-
-def _parse_json(data: bytes) -> Any:
-    """Strict UTF-8, standard JSON (no NaN/Infinity, finite numbers, no lone surrogates)."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise _Unusable(f"not UTF-8: byte 0x{data[err.start]:02x} at offset {err.start}") from None
-    if not text.strip():
-        raise _Unusable("empty file")
-    try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except json.JSONDecodeError as err:
-        raise _Unusable(
-            f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
-        ) from None
-    except ValueError as err:
-        raise _Unusable(f"not valid JSON: {err}") from None
-    except RecursionError:
-        raise _Unusable("not valid JSON: nested too deeply") from None
-    if _SURROGATE_ESCAPE.search(text):
-        try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise _Unusable("not valid JSON text: unpaired UTF-16 surrogate escape") from None
-    return value
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:40]} is out of range")
-    return value
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _one_line(text: str, limit: int = 500) -> str:
-    line = _CONTROL.sub("?", " ".join(text.split()))
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-# -- rebuild ---------------------------------------------------------------------
-
-_SIDE_FILES = ("-wal", "-shm", "-journal")
-
-
-def rebuild(
-    db_path: Path,
-    learning_root: Path,
-    *,
-    progress: Callable[[int, int], None] | None = None,
-) -> ReconcileResult:
-    """Recreate the index from the files alone and swap it in atomically.
-
-    The new index is built in ``<db>.rebuild.tmp``, checkpointed (TRUNCATE) and
-    closed, so it is one self-contained file. Then the old file's ``-wal``,
-    ``-shm`` and ``-journal`` are deleted *before* ``os.replace``: SQLite would
-    otherwise apply the old WAL's frames to the new file on next open. A crash in
-    between leaves either the old index (perhaps without its last WAL commits,
-    which a reconcile restores from the files) or the new one. The caller makes
-    sure no daemon has the index open.
-    """
-    db_path = Path(db_path)
-    tmp = db_path.with_name(db_path.name + ".rebuild.tmp")
-    _remove_db_files(tmp)
-    store = SessionStore(tmp, durability="normal")
-    try:
-        result = reconcile(
-            store, learning_root, full=True, slice_files=REBUILD_SLICE_FILES, progress=progress
-        )
-        store.checkpoint("TRUNCATE")
-    except BaseException:
-        store.close()
-        _remove_db_files(tmp)
-        raise
-    store.close()
-    try:
-        leftover_wal = os.stat(f"{tmp}-wal").st_size
-    except FileNotFoundError:
-        leftover_wal = 0
-    if leftover_wal:
-        _remove_db_files(tmp)
-        raise StorageFailure(f"rebuild: {tmp}-wal still holds {leftover_wal} bytes after close")
-    _remove_side_files(tmp)
-    _fsync_path(tmp)
-    with contextlib.suppress(FileNotFoundError):  # keep the old index's permissions
-        os.chmod(tmp, stat.S_IMODE(os.stat(db_path).st_mode))
-    _remove_side_files(db_path)
-    os.replace(tmp, db_path)
-    _fsync_path(db_path.parent)
-    return result
-
-
-def _remove_side_files(db: Path) -> None:
-    for suffix in _SIDE_FILES:
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-
-
-def _remove_db_files(db: Path) -> None:
-    _remove_side_files(db)
-    db.unlink(missing_ok=True)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 __all__ = [
     "PLACEHOLDER_TARGET",
     "InvalidFile",
     "ReconcileResult",
     "placeholder_edit",
-    "rebuild",
     "reconcile",
     "reconcile_steps",
 ]

@@ -1,0 +1,111 @@
+"""Reading the authoritative files safely: read-only, bounded, strict JSON.
+
+Used by reconcile on files it does not own: nothing here creates, follows out of,
+or blocks on anything under ``sessions/`` (no symlink following at open, no
+waiting on a FIFO, a size cap), and every refusal is an :class:`UnusableFile`
+whose message is a one-line reason fit for a report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import stat
+from typing import Any
+
+MAX_FILE_BYTES = 32 << 20
+"""A session.json or plan.json larger than this is reported, not read."""
+
+
+class UnusableFile(Exception):
+    """A file that cannot be used; the message is the one-line reason."""
+
+
+def inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def read_bytes(path: str) -> tuple[bytes, os.stat_result]:
+    """Read a file read-only (never blocking on a FIFO); its stat is that of what was read."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as err:
+        raise UnusableFile(f"cannot open: {err.strerror or err}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnusableFile("not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise UnusableFile(f"larger than {MAX_FILE_BYTES} bytes ({st.st_size})")
+        chunks = []
+        total = 0
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > MAX_FILE_BYTES:
+                raise UnusableFile(f"larger than {MAX_FILE_BYTES} bytes")
+        return b"".join(chunks), st
+    except OSError as err:
+        raise UnusableFile(f"cannot read: {err.strerror or err}") from None
+    finally:
+        os.close(fd)
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def parse_json(data: bytes) -> Any:
+    """Strict UTF-8, standard JSON (no NaN/Infinity, finite numbers, no lone surrogates)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UnusableFile(
+            f"not UTF-8: byte 0x{data[err.start]:02x} at offset {err.start}"
+        ) from None
+    if not text.strip():
+        raise UnusableFile("empty file")
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as err:
+        raise UnusableFile(
+            f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
+        ) from None
+    except ValueError as err:
+        raise UnusableFile(f"not valid JSON: {err}") from None
+    except RecursionError:
+        raise UnusableFile("not valid JSON: nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise UnusableFile("not valid JSON text: unpaired UTF-16 surrogate escape") from None
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    line = _CONTROL.sub("?", " ".join(text.split()))
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import gc
+import json
+import math
+import random
+import re
 import sqlite3
+import struct
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic_core import from_json
 
 from sessionstore import schema
 from sessionstore.benchmarks.listing import bench_listing
@@ -27,7 +35,7 @@ from sessionstore.models import (
     LearningSession,
     SessionStatus,
 )
-from sessionstore.records import OutcomeEdit
+from sessionstore.records import OutcomeEdit, json_text
 from sessionstore.store import OutcomeWrite, SessionStore, SessionWrite, Write
 
 MakeSession = Callable[..., LearningSession]
@@ -392,6 +400,221 @@ def test_listing_is_consistent_while_another_connection_writes(
     finally:
         reader.close()
         writer.close()
+
+
+def _corrupt(db_path: Path, sql: str, *params: object) -> None:
+    """Change the index behind the store's back, as a broken writer or a bad disk would."""
+    conn = sqlite3.connect(db_path)
+    try:
+        conn.execute(sql, params)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("status", "exploded"),
+        ("cluster_deltas", "{not json"),
+        ("cluster_deltas", '{"math": "lots"}'),
+        ("applied_at", "yesterday"),
+        ("benchmark_delta", "big"),
+    ],
+)
+def test_corrupt_outcome_row_is_refused_by_its_edit_id_on_every_read(
+    store: SessionStore,
+    db_path: Path,
+    make_session: MakeSession,
+    make_outcome: MakeOutcome,
+    column: str,
+    value: str,
+) -> None:
+    session = make_session()
+    store.save_session(session)
+    outcomes = [make_outcome() for _ in range(3)]
+    for outcome in outcomes:
+        store.save_outcome(session.id, outcome, **EDIT)
+    bad = outcomes[1].edit_id
+    _corrupt(db_path, f"UPDATE edit_outcomes SET {column} = ? WHERE edit_id = ?", value, bad)
+    message = re.escape(f"index row for outcome {bad!r} is not a valid outcome")
+    with pytest.raises(InvalidRecord, match=message):
+        store.list_sessions()
+    with pytest.raises(InvalidRecord, match=message):
+        store.list_outcomes(session.id)
+    with pytest.raises(InvalidRecord, match=message):
+        store.get_session(session.id)
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("status", "exploded"),
+        ("trigger_metadata", "[1"),
+        ("benchmark_before", "{}"),
+        ("started_at", "not a time"),
+        ("teacher_cost_usd", -1.0),
+    ],
+)
+def test_corrupt_session_row_is_refused_by_its_id(
+    store: SessionStore,
+    db_path: Path,
+    make_session: MakeSession,
+    make_outcome: MakeOutcome,
+    column: str,
+    value: object,
+) -> None:
+    sessions = [make_session() for _ in range(3)]
+    for session in sessions:
+        store.save_session(session)
+        store.save_outcome(session.id, make_outcome(), **EDIT)
+    bad = sessions[1].id
+    _corrupt(db_path, f"UPDATE learning_sessions SET {column} = ? WHERE id = ?", value, bad)
+    message = re.escape(f"index row for session {bad!r} is not a valid session")
+    with pytest.raises(InvalidRecord, match=message):
+        store.list_sessions()
+    with pytest.raises(InvalidRecord, match=message):
+        store.get_session(bad)
+    assert store.get_session(sessions[0].id) is not None
+
+
+# 0.1 + 0.2 and 1/3 need 17 digits; then subnormals, the extremes, and a large mantissa.
+AWKWARD_FLOATS = [0.1 + 0.2, 1 / 3, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308]
+AWKWARD_FLOATS += [123456789.12345679, -2.5e-7]
+
+
+def _bits(values: list[float]) -> list[bytes]:
+    return [struct.pack("<d", v) for v in values]
+
+
+def test_listing_returns_floats_bit_identical(
+    store: SessionStore, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    session = make_session(teacher_cost_usd=0.1 + 0.2, trigger_metadata={"t": 1 / 3, "z": -0.0})
+    store.save_session(session)
+    for value in AWKWARD_FLOATS:
+        outcome = make_outcome(benchmark_delta=value, cluster_deltas={"x": value, "z": -0.0})
+        store.save_outcome(session.id, outcome, **EDIT)
+    for listed in (store.list_sessions()[0], store.get_session(session.id)):
+        assert listed is not None
+        assert _bits([listed.teacher_cost_usd, *listed.trigger_metadata.values()]) == _bits(
+            [0.1 + 0.2, 1 / 3, -0.0]
+        )
+        outcomes = listed.edit_outcomes
+        assert _bits([o.benchmark_delta or 0.0 for o in outcomes]) == _bits(AWKWARD_FLOATS)
+        assert _bits([o.cluster_deltas["x"] for o in outcomes]) == _bits(AWKWARD_FLOATS)
+        assert _bits([o.cluster_deltas["z"] for o in outcomes]) == _bits([-0.0] * len(outcomes))
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["gc-on", "gc-off"])
+def test_listing_leaves_the_garbage_collector_as_it_found_it(
+    store: SessionStore,
+    db_path: Path,
+    make_session: MakeSession,
+    make_outcome: MakeOutcome,
+    enabled: bool,
+) -> None:
+    _fill(store, make_session, make_outcome, 3)
+    was_enabled = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        assert len(store.list_sessions()) == 3
+        assert gc.isenabled() is enabled
+        _corrupt(db_path, "UPDATE edit_outcomes SET status = 'exploded'")
+        with pytest.raises(InvalidRecord):
+            store.list_sessions()
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was_enabled else gc.disable()
+
+
+# Texts where JSON parsers tend to differ: json_text must give json.loads's answer for all.
+JSON_TEXTS = [
+    "{}",
+    '{"a": 1, "a": 2, "b": 3}',
+    '{"a": NaN, "b": Infinity, "c": -Infinity}',
+    '{"a": nan}',
+    '{"a": inf}',
+    '{"a": +1}',
+    '{"a": .5}',
+    '{"a": 1.}',
+    '{"a": 01}',
+    "[1,]",
+    "{'a': 1}",
+    '{"a": 1} // note',
+    '{"a": "\t"}',
+    '{"a": "\\t"}',
+    '{"a": "\\ud800"}',
+    '{"a": "\\udc00\\ud800"}',
+    '{"a": "\\ud83d\\ude00 \\u00e9 \\/ \\u0000"}',
+    '{"a": "\\x"}',
+    "\ufeff{}",
+    " \n{}\r\t ",
+    "{}\x0c",
+    "{} {}",
+    "-0",
+    "-0.0",
+    "1E5",
+    "1e400",
+    "-1e400",
+    "1e-400",
+    "2.4703282292062328e-324",
+    "2.4703282292062327e-324",
+    "9007199254740993",
+    "9007199254740993.0",
+    "9" * 400,
+    "9" * 5000,
+    "0.1000000000000000055511151231257827021181583404541015625",
+    "1.000000000000000111022302462515654042363166809082031250000001",
+    "[" * 3000 + "]" * 3000,
+    "",
+    "[1, 2",
+    None,
+    7,
+]
+
+
+def _parsed(parse: Callable[[Any], Any], text: object) -> tuple[str, object]:
+    """What parse makes of text, with floats as their bits: ("ok", value) or ("error", type)."""
+
+    def exact(value: object) -> object:
+        if isinstance(value, float):
+            return ("float", struct.pack("<d", value))
+        if isinstance(value, dict):
+            return [("key", k, exact(v)) for k, v in value.items()]
+        if isinstance(value, list):
+            return [exact(v) for v in value]
+        return (type(value).__name__, value)
+
+    try:
+        return "ok", exact(parse(text))
+    except Exception as err:
+        return "error", type(err).__name__
+
+
+@pytest.mark.parametrize("text", JSON_TEXTS)
+def test_json_text_gives_what_json_loads_gives(text: object) -> None:
+    assert _parsed(json_text, text) == _parsed(json.loads, text)
+
+
+def test_json_text_parses_random_floats_bit_identically() -> None:
+    rng = random.Random(20260301)
+    texts = []
+    with localcontext() as exact:
+        exact.prec = 1200  # enough for any double's exact decimal expansion
+        for _ in range(3000):
+            value = struct.unpack("<d", struct.pack("<Q", rng.getrandbits(64)))[0]
+            if math.isfinite(value):
+                texts += [repr(value), f"{value:.17g}", f"{value:.25e}"]
+                # the exact midpoint to the next double: round-half-even decides
+                above = math.nextafter(value, math.inf)
+                if math.isfinite(above):
+                    texts.append(format((Decimal(value) + Decimal(above)) / 2, "e"))
+    document = "[" + ", ".join(texts) + "]"
+    expected = _parsed(json.loads, document)
+    assert expected[0] == "ok"
+    assert _parsed(from_json, document) == expected  # the fast path itself, no fallback
+    assert _parsed(json_text, document) == expected
 
 
 # -- additions: schema versioning -----------------------------------------------------

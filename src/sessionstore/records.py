@@ -6,14 +6,17 @@ The row shape is the original library's: enums as their values, datetimes as
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import from_json
 
 from sessionstore.errors import InvalidRecord
 from sessionstore.models import (
@@ -142,6 +145,28 @@ def outcome_row(session_id: str, outcome: EditOutcome, edit: OutcomeEdit) -> tup
     )
 
 
+def json_text(text: Any) -> Any:
+    """``json.loads(text)``, exactly: same values, same errors; about 5x faster on the index's text.
+
+    A listing parses one small JSON object per row (``cluster_deltas``,
+    ``trigger_metadata``), and ``json.loads``'s Python-level wrapper costs more than
+    the parse; pydantic-core's ``from_json`` does it in one Rust call. Where it
+    succeeds it returns what ``json.loads`` would: both round floats correctly
+    (bit-identical), keep big ints as ints, accept NaN/Infinity, and keep the last
+    of duplicate keys at the first one's position; it accepts nothing that
+    ``json.loads`` refuses (tests/test_store.py checks edge cases and random floats).
+    What it refuses, and anything not a str, goes to ``json.loads``: errors are
+    json.loads's own, as are the few values only it accepts (lone surrogate escapes,
+    nesting deeper than jiter's limit).
+    """
+    if isinstance(text, str):
+        try:
+            return from_json(text, allow_inf_nan=True)
+        except ValueError:
+            pass
+    return json.loads(text)
+
+
 def session_from_row(row: Sequence[Any], outcomes: list[EditOutcome]) -> LearningSession:
     """Rebuild a session from its row; a row that does not validate names its id."""
     try:
@@ -149,7 +174,7 @@ def session_from_row(row: Sequence[Any], outcomes: list[EditOutcome]) -> Learnin
             id=row[0],
             parent_session_id=row[1],
             trigger=row[2],
-            trigger_metadata=json.loads(row[3]),
+            trigger_metadata=json_text(row[3]),
             status=row[4],
             autonomy_mode=row[5],
             started_at=row[6],
@@ -172,18 +197,83 @@ def session_from_row(row: Sequence[Any], outcomes: list[EditOutcome]) -> Learnin
         ) from err
 
 
+def _outcome_fields(row: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "edit_id": row[0],
+        "status": row[1],
+        "benchmark_delta": row[2],
+        "cluster_deltas": json_text(row[3]),
+        "error": row[4],
+        "applied_at": row[5],
+    }
+
+
 def outcome_from_row(row: Sequence[Any]) -> EditOutcome:
-    """``row`` is (edit_id, status, benchmark_delta, cluster_deltas, error, applied_at)."""
+    """``row`` is (edit_id, status, benchmark_delta, cluster_deltas, error, applied_at, ...).
+
+    Columns after the sixth are ignored, so a listing can carry the session id last.
+    """
     try:
-        return EditOutcome(
-            edit_id=row[0],
-            status=row[1],
-            benchmark_delta=row[2],
-            cluster_deltas=json.loads(row[3]),
-            error=row[4],
-            applied_at=row[5],
-        )
+        return EditOutcome.model_validate(_outcome_fields(row))
     except (ValidationError, ValueError) as err:
         raise InvalidRecord(
             f"index row for outcome {row[0]!r} is not a valid outcome: {err}"
         ) from err
+
+
+_OUTCOME_LIST: TypeAdapter[list[EditOutcome]] = TypeAdapter(list[EditOutcome])
+
+
+def outcomes_from_rows(rows: Sequence[Sequence[Any]]) -> list[EditOutcome]:
+    """:func:`outcome_from_row` for many rows, with the same results and the same errors.
+
+    The rows are validated as one ``list[EditOutcome]`` in a single pydantic-core call,
+    which is the same validation per model without a Python-level ``__init__`` per
+    row (about 10% of a listing's conversion time, measured). It is all or nothing:
+    on any failure the rows are converted again one by one, so the exception raised
+    is exactly the per-row one, naming the first bad row's edit id.
+    """
+    try:
+        return _OUTCOME_LIST.validate_python([_outcome_fields(row) for row in rows])
+    except Exception:  # redone row by row, which raises the precise error
+        return [outcome_from_row(row) for row in rows]
+
+
+def sessions_from_rows(
+    rows: Sequence[Sequence[Any]], outcome_rows: Sequence[Sequence[Any]]
+) -> list[LearningSession]:
+    """Sessions from their rows, each given its outcomes from ``outcome_rows``.
+
+    An outcome row is an :func:`outcome_from_row` row with its session id as the last
+    column; each session's outcomes keep their order in ``outcome_rows``.
+    """
+    by_session: dict[str, list[EditOutcome]] = {row[0]: [] for row in rows}
+    for outcome, row in zip(outcomes_from_rows(outcome_rows), outcome_rows, strict=True):
+        by_session[row[-1]].append(outcome)
+    return [session_from_row(row, by_session[row[0]]) for row in rows]
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold off the cyclic garbage collector while a listing builds its models.
+
+    A listing allocates several container objects per model (instance, ``__dict__``,
+    fields-set, nested dicts) and frees none of them, so each collection the
+    allocations trigger finds nothing, yet the growing result is traversed again by
+    every generation-1/2 pass, and a full pass walks the rest of the heap too:
+    measured, that is 35-50% of the time to list 2,000 sessions with 20,000 outcomes
+    (the pattern and remedy of Mercurial's ``util.nogc``). Nothing built here becomes
+    cyclic garbage, so the pause delays no reclamation of this work. The previous
+    state is restored on exit; if the collector was already disabled it is left
+    alone. The switch is process-wide: cycles other threads drop meanwhile wait for
+    the next collection, and of two overlapping listings the first to finish turns
+    the collector back on, which only costs the other one its speed-up.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

@@ -37,10 +37,12 @@ from sessionstore.records import (
     checked,
     checked_edit,
     checked_id,
-    outcome_from_row,
+    gc_paused,
     outcome_row,
+    outcomes_from_rows,
     session_from_row,
     session_row,
+    sessions_from_rows,
 )
 
 Durability = Literal["full", "normal"]
@@ -224,6 +226,14 @@ class SessionStore:
                 raise InvalidRecord(f"limit: expected a non-negative integer, got {limit!r}")
             order += " LIMIT ?"
             params.append(limit)
+        with gc_paused():  # ~100k objects allocated and none freed: see gc_paused
+            rows, outcome_rows = self._fetch_listing(where, order, params)
+            return sessions_from_rows(rows, outcome_rows)
+
+    def _fetch_listing(
+        self, where: str, order: str, params: list[object]
+    ) -> tuple[list[Any], list[Any]]:
+        """The listed session rows, and all their outcome rows (session id last)."""
         with self._lock:
             # One read transaction for both queries: a commit by another connection in
             # between would otherwise bring outcomes of sessions the first one did not list.
@@ -231,20 +241,17 @@ class SessionStore:
             try:
                 rows = self._read(f"{_SESSION_SELECT}{where}{order}", params).fetchall()
                 if not rows:
-                    return []
+                    return [], []
                 # (session_id, id) is the order idx_outcomes_session already holds: no sort
                 # step, and each session's outcomes still come in insertion order.
                 outcome_rows = self._read(
-                    f"SELECT session_id, {_OUTCOME_FIELDS} FROM edit_outcomes WHERE session_id IN "
+                    f"SELECT {_OUTCOME_FIELDS}, session_id FROM edit_outcomes WHERE session_id IN "
                     f"(SELECT id FROM learning_sessions{where}{order}) ORDER BY session_id, id",
                     params,
                 ).fetchall()
             finally:
                 self._read("COMMIT")
-        by_session: dict[str, list[EditOutcome]] = {row[0]: [] for row in rows}
-        for orow in outcome_rows:
-            by_session[orow[0]].append(outcome_from_row(orow[1:]))
-        return [session_from_row(row, by_session[row[0]]) for row in rows]
+        return rows, outcome_rows
 
     def list_outcomes(self, session_id: str) -> list[EditOutcome]:
         """All outcomes of a session in insertion order ([] for an unknown id)."""
@@ -253,7 +260,7 @@ class SessionStore:
                 f"SELECT {_OUTCOME_FIELDS} FROM edit_outcomes WHERE session_id = ? ORDER BY id",
                 (session_id,),
             ).fetchall()
-        return [outcome_from_row(row) for row in rows]
+        return outcomes_from_rows(rows)
 
     # -- the daemon's batch entry point -------------------------------------
 

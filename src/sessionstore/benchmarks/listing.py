@@ -1,9 +1,12 @@
 """Listing benchmark: ``list_sessions()`` in two queries versus one query per session.
 
 The original OpenJarvis store selected the sessions and then, for each one, its
-outcomes (``WHERE session_id = ? ORDER BY id``); ``SessionStore.list_sessions``
-fetches every listed session's outcomes in one query. This fills a fresh index
-and times both ways over the same file, best of three.
+outcomes (``WHERE session_id = ? ORDER BY id``), building every model by calling
+its constructor on the row; ``SessionStore.list_sessions`` fetches every listed
+session's outcomes in one query and validates them in one pydantic-core call. The
+per-session way is written out here in full, so changes to ``records`` cannot
+speed it up. This fills a fresh index and times both ways over the same file,
+best of three.
 
     python -m sessionstore.benchmarks.listing [--sessions N]
         [--outcomes-per-session M] [--workdir D]
@@ -17,7 +20,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ from sessionstore.models import (
     SessionStatus,
     TriggerKind,
 )
-from sessionstore.records import OutcomeEdit, outcome_from_row, session_from_row
+from sessionstore.records import OutcomeEdit
 from sessionstore.store import OutcomeWrite, SessionStore, SessionWrite, Write
 
 DB_NAME = "bench-listing.db"
@@ -115,6 +118,43 @@ def _apply(store: SessionStore, batch: list[Write]) -> None:
         raise RuntimeError(f"bench_listing: fill failed: {failed[0]}")
 
 
+def _outcome_per_row(row: Sequence[Any]) -> EditOutcome:
+    return EditOutcome(
+        edit_id=row[0],
+        status=row[1],
+        benchmark_delta=row[2],
+        cluster_deltas=json.loads(row[3]),
+        error=row[4],
+        applied_at=row[5],
+    )
+
+
+def _session_per_row(row: Sequence[Any], outcomes: list[EditOutcome]) -> LearningSession:
+    # The snapshots are parsed with model_validate_json as this benchmark always did;
+    # OpenJarvis json.loads'ed them, which measures a little slower still.
+    return LearningSession(
+        id=row[0],
+        parent_session_id=row[1],
+        trigger=row[2],
+        trigger_metadata=json.loads(row[3]),
+        status=row[4],
+        autonomy_mode=row[5],
+        started_at=row[6],
+        ended_at=row[7],
+        diagnosis_path=row[8],
+        plan_path=row[9],
+        benchmark_before=BenchmarkSnapshot.model_validate_json(row[10]),
+        benchmark_after=(
+            BenchmarkSnapshot.model_validate_json(row[11]) if row[11] is not None else None
+        ),
+        edit_outcomes=outcomes,
+        git_checkpoint_pre=row[12],
+        git_checkpoint_post=row[13],
+        teacher_cost_usd=row[14],
+        error=row[15],
+    )
+
+
 def list_sessions_per_session(conn: sqlite3.Connection) -> list[LearningSession]:
     """The original way: one SELECT for the sessions, then one per session for its outcomes."""
     rows = conn.execute(
@@ -128,7 +168,7 @@ def list_sessions_per_session(conn: sqlite3.Connection) -> list[LearningSession]
             "FROM edit_outcomes WHERE session_id = ? ORDER BY id",
             (row[0],),
         ).fetchall()
-        sessions.append(session_from_row(row, [outcome_from_row(o) for o in outcome_rows]))
+        sessions.append(_session_per_row(row, [_outcome_per_row(o) for o in outcome_rows]))
     return sessions
 
 

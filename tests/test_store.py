@@ -1134,3 +1134,20 @@ def test_bench_listing_returns_well_formed_numbers(tmp_path: Path) -> None:
     for key in ("batched_seconds", "per_session_seconds", "speedup"):
         assert isinstance(result[key], float)
         assert result[key] > 0
+
+
+@pytest.mark.parametrize("where", ["teacher_cost_usd", "benchmark_before", "trigger_metadata"])
+def test_non_finite_numbers_are_refused_and_change_nothing(
+    tmp_path: Path, make_session, where: str
+) -> None:
+    store = SessionStore(tmp_path / "i.db")
+    session = make_session()
+    if where == "teacher_cost_usd":
+        session.teacher_cost_usd = math.inf
+    elif where == "benchmark_before":
+        session.benchmark_before.elapsed_seconds = math.inf
+    else:
+        session.trigger_metadata = {"x": [1.0, math.nan]}
+    with pytest.raises(InvalidRecord, match="not a finite number"):
+        store.save_session(session)
+    assert store.list_sessions() == []

@@ -102,6 +102,8 @@ def _serve_locked(settings: Settings) -> int:
     if socket_path is not None and socket_path.exists():
         socket_path.unlink()  # we hold the index lock: no live daemon owns this socket
     store = SessionStore(settings.index_path, durability=settings.durability)
+    if settings.checkpoint_mode == "off":
+        store.set_autocheckpoint(0)  # the external replicator checkpoints; we never do
     context = zmq.Context()
     notifier = Notifier.from_env()
     loop = IngestLoop(store, settings, context)

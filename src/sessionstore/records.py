@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -65,9 +66,25 @@ def checked(model: type[M], value: object, what: str) -> M:
     elif not isinstance(value, dict):
         raise InvalidRecord(f"{what}: expected {model.__name__}, got {type(value).__name__}")
     try:
-        return model.model_validate(value)
+        valid = model.model_validate(value)
     except ValidationError as err:
         raise InvalidRecord(describe_validation_error(what, err)) from err
+    _refuse_non_finite(value, what)
+    return valid
+
+
+def _refuse_non_finite(value: object, what: str, path: str = "") -> None:
+    """Refuse inf/NaN anywhere: JSON cannot carry them and SQLite turns NaN into NULL,
+    so the record would not come back as it was saved."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidRecord(f"{what}: {path or '(value)'}: {value} is not a finite number")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_non_finite(item, what, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _refuse_non_finite(item, what, f"{path}.{index}")
 
 
 def _enum_value(enum: type[Enum], value: object, field: str) -> str:

@@ -419,6 +419,12 @@ class SessionStore:
             raise _storage_failure(f"cannot write index {self._db_path}", err) from err
         return changed
 
+    def set_autocheckpoint(self, pages: int) -> None:
+        """SQLite's own checkpoint after commits past ``pages`` WAL pages; 0 turns it off
+        (for ``checkpoint_mode = "off"``, when an external replicator owns checkpoints)."""
+        with self._lock:
+            self._read(f"PRAGMA wal_autocheckpoint = {int(pages)}")
+
     def checkpoint(self, mode: str = "PASSIVE") -> CheckpointResult:
         """Run ``PRAGMA wal_checkpoint(mode)``; ``busy`` means a reader blocked completion."""
         mode = mode.upper()

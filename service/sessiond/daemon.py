@@ -61,10 +61,11 @@ class Heartbeat:
 
     @property
     def poll_ms(self) -> int:
-        """Longest the loop may sleep and still feed the watchdog in time."""
-        if self._watchdog_every is None:
-            return 1000
-        return max(10, min(1000, int(self._watchdog_every * 500)))
+        """Longest the loop may sleep and still feed the watchdog and refresh STATUS in time."""
+        every = min(1.0, self._status_every)
+        if self._watchdog_every is not None:
+            every = min(every, self._watchdog_every / 2)
+        return max(10, int(every * 1000))
 
     def __call__(self) -> None:
         now = time.monotonic()
@@ -109,7 +110,12 @@ def _serve_locked(settings: Settings) -> int:
     loop = IngestLoop(store, settings, context)
     jobs = Jobs(loop, store, settings)
     heartbeat = Heartbeat(notifier, loop.stats.summary, settings.status_interval)
-    loop.configure(heartbeat=heartbeat, admin=jobs.admin_handlers(), idle_poll_ms=heartbeat.poll_ms)
+    loop.configure(
+        heartbeat=heartbeat,
+        admin=jobs.admin_handlers(),
+        idle_poll_ms=heartbeat.poll_ms,
+        on_stopping=notifier.stopping,
+    )
     auth = loop.enable_curve() if settings.curve_secret_key is not None else None
     try:
         loop.bind()
@@ -119,7 +125,8 @@ def _serve_locked(settings: Settings) -> int:
         os.chmod(socket_path, settings.socket_mode)  # created 0700 under our umask
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        notifier.stopping()
+        # Only set a flag: the handler may interrupt a notify send holding its lock,
+        # so STOPPING=1 is sent by the loop as it leaves (on_stopping below).
         loop.request_stop()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}

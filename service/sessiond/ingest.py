@@ -71,6 +71,7 @@ class IngestLoop:
         self._heartbeat: Callable[[], None] = lambda: None
         self._admin: dict[str, Callable[[dict[str, Any]], Any]] = {}
         self._idle_poll_ms = IDLE_POLL_MS
+        self._on_stopping: Callable[[], object] = lambda: None
         self._context = context
         self._router = context.socket(zmq.ROUTER)
         self._tasks: queue.Queue[Task] = queue.Queue()
@@ -90,11 +91,13 @@ class IngestLoop:
         heartbeat: Callable[[], None],
         admin: dict[str, Callable[[dict[str, Any]], Any]],
         idle_poll_ms: int = IDLE_POLL_MS,
+        on_stopping: Callable[[], object] = lambda: None,
     ) -> None:
-        """Attach what is called every turn and the admin ops (jobs) before :meth:`run`."""
+        """Attach what is called every turn, the admin ops (jobs), and the shutdown hook."""
         self._heartbeat = heartbeat
         self._admin = admin
         self._idle_poll_ms = idle_poll_ms
+        self._on_stopping = on_stopping
 
     def bind(self) -> None:
         """Bind the ROUTER socket with every bound that keeps the daemon's memory flat."""
@@ -145,8 +148,12 @@ class IngestLoop:
                 self._serve_batch()
             if self._running:
                 self._run_slice()
+            elif self.idle:
+                self._reject_log.flush(expired_only=True)
             self._heartbeat()
+        self._on_stopping()
         self._drain_for_shutdown()
+        self._reject_log.flush()
 
     def close(self) -> None:
         self._router.close()

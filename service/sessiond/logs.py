@@ -59,6 +59,18 @@ class RateLimited:
         self._clock = clock
         self._windows: dict[str, tuple[float, int, int]] = {}  # key -> (start, logged, held)
 
+    def flush(self, *, expired_only: bool = False) -> None:
+        """Report held-back counts: of finished windows only, or (at shutdown) of all."""
+        now = self._clock()
+        for key, (start, _, held) in list(self._windows.items()):
+            if expired_only and now - start < self._window:
+                continue
+            if held:
+                self._log(
+                    f"{held} more {key} rejection(s) not logged in the last {now - start:.0f}s"
+                )
+            del self._windows[key]
+
     def __call__(self, key: str, message: str) -> None:
         now = self._clock()
         start, logged, held = self._windows.get(key, (now, 0, 0))

@@ -97,6 +97,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     with _client(args) as client:
+        client.status()  # no daemon: fail within --timeout; the job itself may take long
         result = client.reconcile(dry_run=args.dry_run, timeout=max(args.timeout, LONG_JOB_TIMEOUT))
     if args.json:
         print_json(result)
@@ -107,6 +108,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_integrity(args: argparse.Namespace) -> int:
     with _client(args) as client:
+        client.status()  # no daemon: fail within --timeout; the check itself may take long
         result = client.integrity_check(timeout=max(args.timeout, LONG_JOB_TIMEOUT))
     print_json(result) if args.json else render_result("integrity check", result)
     return 0 if result.get("ok") else EXIT_FAILURE

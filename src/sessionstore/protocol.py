@@ -175,6 +175,7 @@ def _decode_save_session(request_id: str, op: str, obj: dict[str, Any]) -> Reque
     if not isinstance(obj["session"], dict):
         raise MalformedRequest("save_session: session must be a JSON object")
     session = checked(LearningSession, obj["session"], "save_session")
+    checked_id(session.id, "session.id")
     return Request(request_id, op, write=SessionWrite(session, request_id))
 
 
@@ -213,14 +214,18 @@ def _decode_list_sessions(request_id: str, op: str, obj: dict[str, Any]) -> Requ
             status = SessionStatus(status)
         except ValueError:
             raise InvalidRecord(f"status: {status!r} is not a SessionStatus value") from None
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise MalformedRequest("list_sessions: limit must be a non-negative integer or null")
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**63
+    ):
+        raise MalformedRequest("list_sessions: limit must be an integer from 0 to 2**63-1, or null")
     return Request(request_id, op, params={"status": status, "limit": limit})
 
 
 def _decode_admin(request_id: str, op: str, obj: dict[str, Any]) -> Request:
     params = {k: v for k, v in obj.items() if k not in {"v", "id", "op"}}
-    if "mode" in params and params["mode"] not in {"PASSIVE", "TRUNCATE"}:
+    if "mode" in params and (
+        not isinstance(params["mode"], str) or params["mode"] not in {"PASSIVE", "TRUNCATE"}
+    ):
         raise MalformedRequest("checkpoint: mode must be PASSIVE or TRUNCATE")
     if "dry_run" in params and not isinstance(params["dry_run"], bool):
         raise MalformedRequest("reconcile: dry_run must be true or false")

@@ -69,22 +69,42 @@ def checked(model: type[M], value: object, what: str) -> M:
         valid = model.model_validate(value)
     except ValidationError as err:
         raise InvalidRecord(describe_validation_error(what, err)) from err
-    _refuse_non_finite(value, what)
+    _refuse_unstorable(value, what)
     return valid
 
 
-def _refuse_non_finite(value: object, what: str, path: str = "") -> None:
-    """Refuse inf/NaN anywhere: JSON cannot carry them and SQLite turns NaN into NULL,
-    so the record would not come back as it was saved."""
+MAX_NESTING = 64
+"""Deepest nesting of lists/objects a record may carry (trigger_metadata is free-form)."""
+
+
+def _refuse_unstorable(value: object, what: str, path: str = "", depth: int = 0) -> None:
+    """Refuse what validates but could not come back out of the index as it went in:
+    inf/NaN (JSON cannot carry them; SQLite turns NaN into NULL), strings that are not
+    valid Unicode (lone surrogates: SQLite cannot encode them), and nesting deep
+    enough to break serialisation later."""
+    where = path or "(value)"
+    if depth > MAX_NESTING:
+        raise InvalidRecord(f"{what}: {where}: nested deeper than {MAX_NESTING} levels")
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise InvalidRecord(f"{what}: {path or '(value)'}: {value} is not a finite number")
+            raise InvalidRecord(f"{what}: {where}: {value} is not a finite number")
+    elif isinstance(value, str):
+        _refuse_unencodable(value, what, where)
     elif isinstance(value, dict):
         for key, item in value.items():
-            _refuse_non_finite(item, what, f"{path}.{key}" if path else str(key))
+            key_text = str(key)
+            _refuse_unencodable(key_text, what, where)
+            _refuse_unstorable(item, what, f"{path}.{key_text}" if path else key_text, depth + 1)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _refuse_non_finite(item, what, f"{path}.{index}")
+            _refuse_unstorable(item, what, f"{path}.{index}", depth + 1)
+
+
+def _refuse_unencodable(text: str, what: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidRecord(f"{what}: {where}: not valid Unicode text ({err.reason})") from None
 
 
 def _enum_value(enum: type[Enum], value: object, field: str) -> str:
@@ -117,6 +137,7 @@ def checked_edit(
 def checked_id(value: object, field: str) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidRecord(f"{field}: expected a non-empty string, got {value!r:.60}")
+    _refuse_unencodable(value, field, "(id)")
     return value
 
 

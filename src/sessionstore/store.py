@@ -126,9 +126,11 @@ class SessionStore:
             raise _storage_failure(f"cannot open index {self._db_path}", err) from err
         try:
             self._prepare(durability)
+            st = os.stat(self._db_path)
         except BaseException:
             self._conn.close()
             raise
+        self._file_identity = (st.st_dev, st.st_ino)
 
     def _connect(self, busy_timeout: float) -> sqlite3.Connection:
         if self._readonly:
@@ -175,6 +177,7 @@ class SessionStore:
         self._require_writable("save_session")
         _require_model(LearningSession, session, "save_session")
         valid = checked(LearningSession, session, "save_session")
+        checked_id(valid.id, "id")
         self._apply_single(SessionWrite(valid, request_id))
 
     def save_outcome(
@@ -222,7 +225,7 @@ class SessionStore:
                 raise InvalidRecord(f"status: {status!r} is not a SessionStatus value") from None
         order = " ORDER BY started_at DESC"
         if limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**63:
                 raise InvalidRecord(f"limit: expected a non-negative integer, got {limit!r}")
             order += " LIMIT ?"
             params.append(limit)
@@ -274,6 +277,7 @@ class SessionStore:
         """
         self._require_writable("apply_batch")
         with self._lock:
+            self._check_file_identity()
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -281,7 +285,10 @@ class SessionStore:
                 raise _storage_failure("cannot begin write transaction", err) from err
             try:
                 results = [self._apply_in_savepoint(write) for write in writes]
-                conn.execute("COMMIT")
+                # Nothing applied (all refused or duplicates): ROLLBACK, so a refusal
+                # costs no WAL frames and no fsync, and leaves the files byte-identical.
+                applied = any(r.ok and not r.duplicate for r in results)
+                conn.execute("COMMIT" if applied else "ROLLBACK")
             except sqlite3.Error as err:
                 self._rollback()
                 raise _storage_failure("batch not committed", err) from err
@@ -308,6 +315,12 @@ class SessionStore:
             conn.execute("ROLLBACK TO write")
             conn.execute("RELEASE write")
             return WriteResult(ok=False, error=IntegrityViolation(f"{_describe(write)}: {err}"))
+        except (ValueError, OverflowError, RecursionError) as err:
+            # A value the SQLite driver cannot bind (a caller that skipped validation):
+            # this write fails alone instead of failing its whole batch.
+            conn.execute("ROLLBACK TO write")
+            conn.execute("RELEASE write")
+            return WriteResult(ok=False, error=InvalidRecord(f"{_describe(write)}: {err}"))
         conn.execute("RELEASE write")
         return WriteResult(ok=True, duplicate=duplicate)
 
@@ -349,6 +362,23 @@ class SessionStore:
             # SQLite may already have rolled back (e.g. after SQLITE_FULL): nothing left to undo
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
+
+    def _check_file_identity(self) -> None:
+        """Refuse writes once the index file was deleted or replaced under us.
+
+        SQLite would go on committing into the unlinked inode, and the daemon would
+        acknowledge saves that vanish at its next start.
+        """
+        try:
+            st = os.stat(self._db_path)
+        except FileNotFoundError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._file_identity:
+            what = "deleted" if st is None else "replaced by another file"
+            raise StorageFailure(
+                f"index {self._db_path} was {what} while open: writes refused until "
+                "sessiond restarts (reconcile then restores sessions from session.json)"
+            )
 
     def _require_writable(self, action: str) -> None:
         if self._readonly:
@@ -409,6 +439,7 @@ class SessionStore:
             )
 
     def _write_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
+        self._check_file_identity()
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")

@@ -1,0 +1,186 @@
+"""Overload: 50 client processes at once; nothing acknowledged is lost, memory stays flat.
+
+Each client is a forked pool worker pipelining saves through ``SessionStoreClient``
+(``tests/overload_client.py``). A few extra processes flood the daemon with
+requests and never read a reply, the client that ignores back-pressure, so the
+daemon's memory is held by its high-water marks rather than by polite clients.
+
+Measured on 2 cores: VmRSS is about 45 MiB after start; the polite clients alone
+peak at 55-65 MiB, and 85-90 MiB with the flood below; 50 x 1000 saves at 256 in
+flight each peak at 133 MiB. With the high-water marks removed the same test
+peaks at 370 MiB. The stated bound, 200 MiB, is the baseline plus what the
+high-water marks let queue (50 peers x 1000 messages each way x ~1 KiB) and room.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import overload_client
+import pytest
+import zmq
+from daemon_helpers import Daemon
+from stress_helpers import duplicated_outcomes, integrity, outcome_ids, vm_rss_kib, wait_until
+
+from sessionstore import SessionStoreClient, protocol
+
+CLIENTS = 50
+FLOODERS = 2
+FLOOD_FRAMES = 20_000
+FLOOD_FRAME_BYTES = 8192  # 2 x 20k x 8 KiB: 320 MiB, were the daemon to queue it all
+RSS_BOUND_MIB = 200
+POOL_TIMEOUT = 90.0
+
+
+class RssSampler:
+    """Samples a process's VmRSS every 10 ms in a thread; ``peak_mib`` once stopped."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.baseline_mib = vm_rss_kib(pid) / 1024
+        self.peak_mib = self.baseline_mib
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            try:
+                self.peak_mib = max(self.peak_mib, vm_rss_kib(self.pid) / 1024)
+            except (OSError, AssertionError):
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def flood(address: str, flooder: int, count: int) -> dict:
+    """Send ``count`` requests as fast as the socket takes them and read no reply at all."""
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDTIMEO, 50)
+    sock.connect(address)
+    pushed_back = 0
+    pad = f"flood-{flooder}-" + "x" * FLOOD_FRAME_BYTES  # big frames: an unbounded queue shows
+    try:
+        for n in range(count):
+            frame = protocol.encode_request(f"flood-{flooder}-{n}", "get_session", session_id=pad)
+            while True:
+                try:
+                    sock.send(frame)
+                    break
+                except zmq.Again:
+                    pushed_back += 1  # the high-water mark holds this sender back
+    finally:
+        sock.close()
+    return {"flooder": flooder, "pushed_back": pushed_back}
+
+
+def run_clients(
+    d: Daemon,
+    count: int,
+    in_flight: int | None,
+    timeout: float,
+    during: Callable[[object], None] | None = None,
+) -> tuple[list[dict], list[dict], RssSampler]:
+    """CLIENTS hammering workers (plus FLOODERS) in one forked pool; ``during`` runs meanwhile."""
+    ctx = multiprocessing.get_context("fork")
+    failures_seen = ctx.Value("i", 0)
+    assert d.proc is not None
+    with (
+        ctx.Pool(CLIENTS + FLOODERS, overload_client.init, (failures_seen,)) as pool,
+        RssSampler(d.proc.pid) as rss,
+    ):
+        floods = [pool.apply_async(flood, (d.address, f, FLOOD_FRAMES)) for f in range(FLOODERS)]
+        work = pool.starmap_async(
+            overload_client.hammer,
+            [(d.address, w, count, in_flight or 256, timeout) for w in range(CLIENTS)],
+        )
+        if during is not None:
+            during(failures_seen)
+        reports = work.get(POOL_TIMEOUT)
+        flooded = [f.get(POOL_TIMEOUT) for f in floods]
+    return reports, flooded, rss
+
+
+def check_accounting(d: Daemon, reports: list[dict]) -> Counter[str]:
+    """Every save acked or raised; the acked ones stored exactly once; nothing invented."""
+    errors: Counter[str] = Counter()
+    for r in reports:
+        sent, failed = r["sent"], set(r["failed"])
+        assert r["acked"] + len(r["failed"]) == len(sent), f"silent drop in client {r['worker']}"
+        stored = outcome_ids(d.db_path, r["session_id"])
+        acked = [e for e in sent if e not in failed]
+        assert set(acked) <= set(stored), f"client {r['worker']} lost acked saves"
+        assert set(stored) <= set(sent)
+        errors.update(r["errors"])
+    assert duplicated_outcomes(d.db_path) == []
+    assert integrity(d.db_path) == ["ok"]
+    return errors
+
+
+@pytest.mark.timeout(180)
+def test_fifty_clients_at_once_lose_nothing_acknowledged_and_memory_stays_bounded(
+    daemon_factory: Callable[..., Daemon],
+) -> None:
+    d = daemon_factory().start()
+    reports, flooded, rss = run_clients(d, count=300, in_flight=None, timeout=60.0)
+    status = SessionStoreClient(d.address, timeout=10).status()
+    assert d.stop() == 0
+
+    errors = check_accounting(d, reports)
+    assert errors == Counter(), errors  # with a 60 s timeout every save is served in the end
+    assert sum(r["acked"] for r in reports) == CLIENTS * 300
+    assert sum(r["waits"] for r in reports) > 0, "no client was ever held back"
+    assert sum(f["pushed_back"] for f in flooded) > 0, "the flood never met a high-water mark"
+    assert status["replies_dropped"] > 0  # replies for the non-reader are not hoarded
+    print(
+        f"overload: RSS baseline {rss.baseline_mib:.0f} MiB, peak {rss.peak_mib:.0f} MiB; "
+        f"applied {status['requests_applied']}, duplicates {status['requests_duplicate']}, "
+        f"replies dropped {status['replies_dropped']}, largest batch {status['largest_batch']}"
+    )
+    assert rss.peak_mib < RSS_BOUND_MIB
+
+
+@pytest.mark.timeout(180)
+def test_stalled_daemon_gives_clients_timeouts_never_silent_loss(
+    daemon_factory: Callable[..., Daemon],
+) -> None:
+    """SIGSTOP the daemon mid-load until a client has timed out, then let it go on."""
+    d = daemon_factory().start()
+    assert d.proc is not None
+    pid = d.proc.pid
+    probe = SessionStoreClient(d.address, timeout=10)
+
+    def stall(failures_seen: object) -> None:
+        wait_until(lambda: probe.status()["requests_applied"] > 2000, 60, "load to build up")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: failures_seen.value > 0, 60, "a client to time out")  # type: ignore[attr-defined]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    started = time.monotonic()
+    reports, _, rss = run_clients(d, count=400, in_flight=64, timeout=3.0, during=stall)
+    assert d.stop() == 0
+
+    errors = check_accounting(d, reports)
+    assert errors["DaemonUnavailable"] > 0  # the stall was seen, as timeouts
+    assert set(errors) <= {"DaemonUnavailable"}, errors
+    assert sum(r["acked"] for r in reports) > 0
+    print(
+        f"stall: {errors['DaemonUnavailable']} timeouts, "
+        f"{sum(r['acked'] for r in reports)} acked in {time.monotonic() - started:.1f}s; "
+        f"RSS peak {rss.peak_mib:.0f} MiB"
+    )
+    assert rss.peak_mib < RSS_BOUND_MIB

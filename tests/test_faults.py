@@ -41,6 +41,7 @@ from sessionstore.errors import StorageFailure
 QUIET_JOBS = {  # no scheduled job may touch the files while a test watches them
     "SESSIONSTORE_CHECKPOINT_INTERVAL": "3600",
     "SESSIONSTORE_RECONCILE_INTERVAL": "3600",
+    "SESSIONSTORE_RECONCILE_ON_START": "false",
 }
 BLOB = 300_000  # bytes per big save: more than any slack the fault leaves
 

@@ -137,6 +137,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         extra_env={
             "SESSIONSTORE_CHECKPOINT_INTERVAL": "3600",
             "SESSIONSTORE_RECONCILE_INTERVAL": "3600",
+            "SESSIONSTORE_RECONCILE_ON_START": "false",
         },
     )
     try:

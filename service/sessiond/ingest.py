@@ -225,8 +225,10 @@ class IngestLoop:
         except SessionStoreError as err:
             self._reject(identity, protocol.peek_id(frame), err)
         except Exception as err:  # a decoder bug must cost one request, not the daemon
-            log.exception("decoding a request failed unexpectedly")
-            self._reject(identity, protocol.peek_id(frame), InternalError(f"cannot decode: {err}"))
+            log.debug("decoding a request failed unexpectedly", exc_info=True)
+            self._reject(
+                identity, protocol.peek_id(frame), InternalError(f"cannot decode: {err!r}")
+            )
         return None
 
     def _commit(self, saves: list[tuple[bytes, protocol.Request]]) -> None:

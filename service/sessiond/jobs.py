@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -27,6 +27,9 @@ log = logging.getLogger("sessiond.jobs")
 # A scheduled job waits this long for the loop to finish it before giving up on
 # the wait (the work itself goes on); keeps a wedged loop from pinning the scheduler.
 JOB_WAIT_SECONDS = 3600.0
+# After a start (perhaps after a crash that lost the WAL) the index should catch up with
+# the session.json files soon, not a whole reconcile_interval later.
+FIRST_RECONCILE_DELAY = 5.0
 
 
 @dataclass
@@ -148,8 +151,19 @@ class Jobs:
             if interval is None:
                 continue
             self.states[name] = JobState()
+            first = {}
+            if name == "reconcile" and s.reconcile_on_start:  # catch up soon after a (re)start
+                first["next_run_time"] = datetime.now(UTC) + timedelta(
+                    seconds=FIRST_RECONCILE_DELAY
+                )
             self._scheduler.add_job(
-                self._run_scheduled, "interval", seconds=interval, args=[name], id=name, name=name
+                self._run_scheduled,
+                "interval",
+                seconds=interval,
+                args=[name],
+                id=name,
+                name=name,
+                **first,
             )
         self._scheduler.start()
 

@@ -323,6 +323,7 @@ class Pipeline:
         self._in_flight: dict[str, _InFlight] = {}
         self.failures: list[tuple[str, SessionStoreError]] = []
         self.acknowledged = 0
+        self._last_heard = time.monotonic()
 
     def save_session(self, session: LearningSession) -> None:
         rid = protocol.new_request_id()
@@ -372,7 +373,11 @@ class Pipeline:
         if self._sock.poll(wait_ms, zmq.POLLIN):
             while self._sock.poll(0, zmq.POLLIN):
                 self._settle(protocol.decode_reply(self._sock.recv()))
+            self._last_heard = time.monotonic()
         now = time.monotonic()
+        # A daemon that answered lately is alive and working through our queue: resending
+        # then only doubles its work (and its replies), so wait for silence instead.
+        daemon_quiet = now - self._last_heard >= RETRY_FIRST
         for rid, entry in list(self._in_flight.items()):
             if now >= entry.deadline:
                 del self._in_flight[rid]
@@ -380,6 +385,8 @@ class Pipeline:
             elif now >= entry.resend_at:
                 entry.retry_after = min(entry.retry_after * 2, RETRY_MAX)
                 entry.resend_at = now + entry.retry_after
+                if not daemon_quiet:
+                    continue
                 try:
                     self._client._send(self._sock, entry.frame, entry.deadline)
                 except DaemonUnavailable as err:

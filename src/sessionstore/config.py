@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(
         default=300.0, gt=0, description="Seconds between reconcile passes."
     )
+    reconcile_on_start: bool = Field(
+        default=True,
+        description="Run a reconcile a few seconds after start, so the index catches up "
+        "with the files after a crash or restore instead of a whole interval later.",
+    )
     reconcile_slice: int = Field(
         default=100, ge=1, description="session.json files handled per loop slice."
     )

@@ -282,7 +282,7 @@ class SessionStore:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as err:
-                raise _storage_failure("cannot begin write transaction", err) from err
+                raise _storage_failure(f"index {self._db_path}: cannot begin a write", err) from err
             try:
                 results = [self._apply_in_savepoint(write) for write in writes]
                 # Nothing applied (all refused or duplicates): ROLLBACK, so a refusal
@@ -291,7 +291,7 @@ class SessionStore:
                 conn.execute("COMMIT" if applied else "ROLLBACK")
             except sqlite3.Error as err:
                 self._rollback()
-                raise _storage_failure("batch not committed", err) from err
+                raise _storage_failure(f"index {self._db_path}: batch not committed", err) from err
             except BaseException:
                 self._rollback()
                 raise

@@ -39,3 +39,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         default=2.0,
         help="how long the contention scenario's other process holds its write transaction (default 2)",
     )
+    parser.add_argument(
+        "--rss-outcomes",
+        type=int,
+        default=1_000_000,
+        help="outcomes the rss scenario stores; daemon RSS is read after a tenth and after all "
+        "(default 1000000)",
+    )

@@ -1,0 +1,225 @@
+"""``sessionstore bench``: the daemon against direct SQLite writers, on one disk, in one run.
+
+Scenarios (each on a fresh index in its own directory of the work dir):
+
+* ``direct``: N processes, each with its own :class:`SessionStore` on one shared
+  file (WAL, busy timeout 5 s), one commit per ``save_outcome`` — the original
+  library's usage; one process saves the session rows first;
+* ``sync``: N processes through :class:`SessionStoreClient`, one save in flight each;
+* ``pipelined``: N processes through the client's pipeline (bounded in flight);
+* ``ceiling``: one process, one connection, the same number of rows through
+  ``apply_batch`` in transactions of 1000: what SQLite on this disk can do;
+* ``contention``: (a) direct writers while another process holds a write
+  transaction for ``--lock-seconds`` (twice); (b) sync writers while the daemon
+  reconciles ``--reconcile-files`` session.json files it is asked to reconcile
+  at the start line;
+* ``rss`` (only when asked for): daemon RSS after a tenth of ``--rss-outcomes``
+  pipelined outcomes and after all of them.
+
+Throughput is acknowledged saves / wall time from the common start line (all
+processes started, connected and waiting) to the last ack. Latency is measured
+by each worker per save (see :mod:`sessionstore.benchmarks.workers` for what
+each scenario times). Peak daemon RSS is VmHWM from ``/proc/<pid>/status``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from sessionstore.benchmarks.report import Progress, load_average, machine, render
+from sessionstore.benchmarks.scenarios import (
+    ALL_SCENARIOS,
+    CONTENTION_CYCLES,
+    RUNNERS,
+    BenchOptions,
+)
+from sessionstore.config import load_settings
+from sessionstore.errors import ConfigError
+
+TARGETS = {
+    # name: (what it reads, comparison, bound)
+    "daemon_pipelined_vs_direct": ("ratio", ">=", 8.0),
+    "daemon_sync_vs_direct": ("ratio", ">=", 1.5),
+    "daemon_sync_p99_ms": ("sync_p99", "<=", 5.0),
+    "contention_daemon_failed_saves": ("contention_failed", "==", 0),
+    "rss_ratio_total_vs_first": ("rss_ratio", "<=", 1.2),
+}
+
+
+def options_from_args(args: argparse.Namespace) -> BenchOptions:
+    """Check the command line; a bad value raises ConfigError with a one-line reason."""
+    if getattr(args, "address", None):
+        raise ConfigError("bench starts its own daemons on private sockets; drop --address")
+
+    def at_least(name: str, value: float, low: float, strict: bool = False) -> None:
+        if value < low or (strict and value == low):
+            bound = f"greater than {low:g}" if strict else f"at least {low:g}"
+            raise ConfigError(f"invalid --{name} {value:g}: must be {bound}")
+
+    at_least("processes", args.processes, 1)
+    at_least("saves", args.saves, 1)
+    at_least("reconcile-files", args.reconcile_files, 1)
+    at_least("lock-seconds", args.lock_seconds, 0, strict=True)
+    at_least("rss-outcomes", args.rss_outcomes, 10)
+    at_least("timeout", args.timeout, 0, strict=True)
+    names = [n.strip() for n in str(args.scenarios).split(",") if n.strip()]
+    unknown = [n for n in names if n not in ALL_SCENARIOS]
+    if unknown or not names:
+        raise ConfigError(
+            f"invalid --scenarios {args.scenarios!r}: choose from {', '.join(ALL_SCENARIOS)}"
+        )
+    load_settings(args.config)  # a bad --config fails here, not in the first daemon
+    return BenchOptions(
+        processes=args.processes,
+        saves=args.saves,
+        durability=args.durability,
+        scenarios=tuple(dict.fromkeys(names)),
+        reconcile_files=args.reconcile_files,
+        lock_seconds=args.lock_seconds,
+        client_timeout=args.timeout,
+        rss_outcomes=args.rss_outcomes,
+        config=args.config,
+    )
+
+
+@contextlib.contextmanager
+def work_directory(parent: str | Path | None, keep: bool = False) -> Iterator[Path]:
+    """A fresh directory under ``parent`` (default: the current one), removed afterwards."""
+    base = Path(parent) if parent is not None else Path.cwd()
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix="sessionstore-bench-", dir=base))
+    except OSError as err:
+        raise ConfigError(f"invalid --workdir {str(base)!r}: {err.strerror or err}") from None
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"sessionstore bench: kept {path}", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def run_bench(opts: BenchOptions, workdir: Path, progress: Any = None) -> dict[str, Any]:
+    """Run the chosen scenarios in ``workdir``; returns the report (see :func:`run_from_cli`)."""
+    say = progress or (lambda message: None)
+    daemon_settings = load_settings(opts.config)
+    report: dict[str, Any] = {
+        "machine": machine(workdir),
+        "settings": {
+            "processes": opts.processes,
+            "saves_per_process": opts.saves,
+            "durability": opts.durability,
+            "scenarios": list(opts.scenarios),
+            "reconcile_files": opts.reconcile_files,
+            "lock_seconds": opts.lock_seconds,
+            "lock_release_seconds": opts.release_seconds,
+            "lock_cycles": CONTENTION_CYCLES,
+            "direct_busy_timeout_seconds": opts.busy_timeout,
+            "client_timeout_seconds": opts.client_timeout,
+            "ceiling_batch": opts.ceiling_batch,
+            "rss_outcomes": opts.rss_outcomes,
+            "daemon_batch_max": daemon_settings.batch_max,
+            "daemon_batch_wait_ms": daemon_settings.batch_wait_ms,
+            "client_max_in_flight": daemon_settings.max_in_flight,
+            "workdir": str(workdir),
+        },
+        "scenarios": {},
+    }
+    started = time.monotonic()
+    for name in opts.scenarios:
+        root = workdir / name
+        root.mkdir()
+        report["scenarios"][name] = RUNNERS[name](opts, root, say)
+    report["settings"]["elapsed_seconds"] = round(time.monotonic() - started, 1)
+    report["machine"]["load_average_at_end"] = load_average()
+    report["ratios"] = ratios(report["scenarios"])
+    report["targets"] = targets(report["scenarios"], report["ratios"])
+    return report
+
+
+def _rate(scenarios: dict[str, Any], name: str) -> float | None:
+    s = scenarios.get(name)
+    return None if s is None else float(s["saves_per_second"])
+
+
+def ratios(scenarios: dict[str, Any]) -> dict[str, float | None]:
+    """Throughput ratios; None when a side was not run or measured zero."""
+
+    def ratio(top: str, bottom: str) -> float | None:
+        a, b = _rate(scenarios, top), _rate(scenarios, bottom)
+        return None if a is None or not b else round(a / b, 2)
+
+    return {
+        "daemon_sync_vs_direct": ratio("sync", "direct"),
+        "daemon_pipelined_vs_direct": ratio("pipelined", "direct"),
+        "daemon_sync_vs_ceiling": ratio("sync", "ceiling"),
+        "daemon_pipelined_vs_ceiling": ratio("pipelined", "ceiling"),
+    }
+
+
+def targets(scenarios: dict[str, Any], ratio: dict[str, float | None]) -> dict[str, Any]:
+    """The issue's targets that this run measured, each with its value and verdict."""
+    values: dict[str, float | None] = {
+        "daemon_pipelined_vs_direct": ratio["daemon_pipelined_vs_direct"],
+        "daemon_sync_vs_direct": ratio["daemon_sync_vs_direct"],
+        "daemon_sync_p99_ms": scenarios["sync"]["latency"]["p99_ms"]
+        if "sync" in scenarios
+        else None,
+        "contention_daemon_failed_saves": None,
+        "rss_ratio_total_vs_first": scenarios["rss"]["rss_ratio"] if "rss" in scenarios else None,
+    }
+    if "contention" in scenarios:
+        daemon = scenarios["contention"]["daemon_under_reconcile"]
+        values["contention_daemon_failed_saves"] = (
+            daemon["saves_failed"] + daemon["reconcile"]["failed"]
+        )
+    result = {}
+    for name, (_, op, bound) in TARGETS.items():
+        value = values[name]
+        if value is None:
+            continue
+        met = {">=": value >= bound, "<=": value <= bound, "==": value == bound}[op]
+        result[name] = {"value": value, "want": f"{op} {bound:g}", "met": bool(met)}
+    return result
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so every finally block stops its processes."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_from_cli(args: argparse.Namespace) -> int:
+    """``sessionstore bench``: run, then print a table (or one JSON object with ``--json``)."""
+    opts = options_from_args(args)
+    with (
+        _sigterm_as_interrupt(),
+        work_directory(args.workdir, keep=bool(args.debug)) as workdir,
+        Progress() as progress,
+    ):
+        report = run_bench(opts, workdir, progress)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        render(report)
+    return 0

@@ -1,0 +1,196 @@
+"""``sessionstore bench``: one run of every scenario, a well-formed report, clear refusals.
+
+No timing is asserted: the numbers depend on the machine. What is proven is the
+shape of the report, that every number is a number and not negative, that the
+counts add up, and that the run leaves no process and no directory behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from numbers import Number
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sessionstore.benchmarks.scenarios import DEFAULT_SCENARIOS
+from sessionstore.cli import main
+
+SMALL_RUN = [
+    "--processes", "2",
+    "--saves", "20",
+    "--reconcile-files", "50",
+    "--lock-seconds", "0.5",
+]  # fmt: skip
+
+WRITER_FIELDS = {
+    "processes",
+    "saves_attempted",
+    "saves_acknowledged",
+    "saves_failed",
+    "wall_seconds",
+    "saves_per_second",
+    "latency",
+    "errors",
+    "error_samples",
+}
+LATENCY_FIELDS = {"measures", "samples", "p50_ms", "p99_ms", "max_ms"}
+ERROR_KINDS = {"database_locked", "timeout", "other"}
+DAEMON_FIELDS = {"pid", "rss_kib", "peak_rss_kib", "batches", "mean_batch_size", "max_commit_ms"}
+
+
+def run_bench(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+    env = {**os.environ, "OPENJARVIS_HOME": str(tmp_path / "home"), "SESSIONSTORE_CONFIG": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "sessionstore", "bench", *args, "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done, json.loads(done.stdout)
+
+
+def numbers(value: Any, path: str = "") -> Iterator[tuple[str, float]]:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, Number):
+        yield path, float(value)  # type: ignore[arg-type]
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from numbers(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from numbers(item, f"{path}[{i}]")
+
+
+def check_writers(name: str, report: dict[str, Any], *, daemon: bool) -> None:
+    assert set(report) >= WRITER_FIELDS, name
+    assert set(report["latency"]) >= LATENCY_FIELDS, name
+    assert set(report["errors"]) == ERROR_KINDS, name
+    assert report["saves_acknowledged"] + report["saves_failed"] == report["saves_attempted"]
+    assert report["saves_failed"] == sum(report["errors"].values())
+    assert report["latency"]["p50_ms"] <= report["latency"]["p99_ms"] <= report["latency"]["max_ms"]
+    if daemon:
+        assert set(report["daemon"]) >= DAEMON_FIELDS, name
+        assert report["daemon"]["peak_rss_kib"] > 0
+    else:
+        assert "daemon" not in report
+
+
+def bench_processes(tmp_path: Path) -> list[str]:
+    """Command lines of live processes that mention this test's directory."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(tmp_path) in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def test_bench_reports_every_scenario_with_every_field(tmp_path: Path) -> None:
+    done, report = run_bench(tmp_path, *SMALL_RUN)
+
+    assert set(report) >= {"machine", "settings", "scenarios", "ratios"}
+    machine = report["machine"]
+    assert machine["cpu_count"] >= 1
+    assert machine["cpu_model"] and machine["python_version"] and machine["sqlite_version"]
+    assert machine["filesystem"]["type"]
+    settings = report["settings"]
+    assert settings["processes"] == 2 and settings["saves_per_process"] == 20
+    assert settings["durability"] == "full" and settings["lock_seconds"] == 0.5
+    assert settings["scenarios"] == list(DEFAULT_SCENARIOS)
+
+    scenarios = report["scenarios"]
+    assert set(scenarios) == set(DEFAULT_SCENARIOS)
+    for name in ("direct", "ceiling"):
+        check_writers(name, scenarios[name], daemon=False)
+        assert scenarios[name]["saves_attempted"] == 2 * 20
+    for name in ("sync", "pipelined"):
+        check_writers(name, scenarios[name], daemon=True)
+        assert scenarios[name]["saves_attempted"] == 2 * 20
+    contention = scenarios["contention"]
+    check_writers("direct_under_lock", contention["direct_under_lock"], daemon=False)
+    assert contention["direct_under_lock"]["lock_holder"]["cycles"] >= 1
+    check_writers("daemon_under_reconcile", contention["daemon_under_reconcile"], daemon=True)
+    reconcile = contention["daemon_under_reconcile"]["reconcile"]
+    assert reconcile["files"] == 50 and {"ok", "failed", "seconds"} <= set(reconcile)
+
+    assert set(report["ratios"]) == {
+        "daemon_sync_vs_direct",
+        "daemon_pipelined_vs_direct",
+        "daemon_sync_vs_ceiling",
+        "daemon_pipelined_vs_ceiling",
+    }
+    assert all(isinstance(v, float | int) for v in report["ratios"].values())
+    for path, value in numbers(report):
+        assert value >= 0, path
+
+    assert "direct" in done.stderr  # one progress line per phase when stderr is not a terminal
+    assert not list(tmp_path.glob("sessionstore-bench-*")), "work directory left behind"
+    assert bench_processes(tmp_path) == []
+
+
+def test_rss_scenario_reports_memory_after_both_phases(tmp_path: Path) -> None:
+    _, report = run_bench(
+        tmp_path, "--processes", "2", "--scenarios", "rss", "--rss-outcomes", "400"
+    )
+    rss = report["scenarios"]["rss"]
+    assert rss["outcomes_first"] == 40 and rss["outcomes_total"] == 400
+    assert rss["rss_kib_after_first"] > 0 and rss["rss_kib_after_total"] > 0
+    assert rss["rss_ratio"] > 0 and rss["saves_failed"] == 0
+    assert "rss_ratio_total_vs_first" in report["targets"]
+    assert report["ratios"]["daemon_pipelined_vs_direct"] is None  # not measured in this run
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--processes", "0"], "invalid --processes 0: must be at least 1"),
+        (["--saves", "-5"], "invalid --saves -5: must be at least 1"),
+        (["--lock-seconds", "0"], "invalid --lock-seconds 0: must be greater than 0"),
+        (["--reconcile-files", "0"], "invalid --reconcile-files 0"),
+        (["--scenarios", "direct,warp"], "invalid --scenarios 'direct,warp': choose from"),
+        (["--address", "ipc:///tmp/x.sock"], "drop --address"),
+    ],
+)
+def test_invalid_options_give_a_one_line_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SESSIONSTORE_CONFIG", "")
+    assert main(["bench", *args]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sessionstore bench: error: ")
+    assert message in err
+    assert list(tmp_path.iterdir()) == []  # refused before anything was created
+
+
+def test_invalid_option_through_the_command_exits_non_zero(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sessionstore", "bench", "--processes", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip() == (
+        "sessionstore bench: error: invalid --processes 0: must be at least 1"
+    )

@@ -261,3 +261,27 @@ def test_status_reports_counters_sizes_and_jobs(daemon: Daemon) -> None:
         assert key in report, key
     assert report["sessions"] == 1 and report["requests_applied"] == 1
     assert {"checkpoint", "reconcile", "integrity"} <= set(report["jobs"])
+
+
+def test_save_batch_gives_each_save_its_own_result_and_resends_apply_once(daemon: Daemon) -> None:
+    SessionStoreClient(daemon.address, timeout=10).save_session(session("b"))
+    saves = [
+        protocol.encode_save_outcome("i1", "b", outcome("e1"), rationale="", **EDIT),
+        protocol.encode_save_outcome("i2", "ghost", outcome("e2"), rationale="", **EDIT),
+        b'"not a request"',
+        protocol.encode_save_outcome("i3", "b", outcome("e3"), rationale="", **EDIT),
+    ]
+    frame = protocol.encode_save_batch("batch-1", saves)
+    sock = raw_socket(daemon.address)
+    reply = ask(sock, frame)
+    assert reply["ok"] is True and reply["id"] == "batch-1"
+    assert [(r["id"], r["ok"]) for r in reply["result"]] == [
+        ("i1", True), ("i2", False), (None, False), ("i3", True),
+    ]  # fmt: skip
+    assert reply["result"][1]["error"]["code"] == "unknown_session"
+    assert reply["result"][2]["error"]["code"] == "malformed"
+    again = ask(sock, frame)  # a resend: the applied saves are recognised, not re-applied
+    assert [r.get("duplicate", False) for r in again["result"]] == [True, False, False, True]
+    assert stored_edit_ids(daemon.db_path, "b") == ["e1", "e3"]
+    empty = ask(sock, protocol.encode_save_batch("batch-2", []))
+    assert empty["ok"] is False and empty["error"]["code"] == "malformed"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import os
 import queue
 import time
@@ -37,7 +38,7 @@ from sessionstore.errors import (
     ShuttingDown,
     StorageFailure,
 )
-from sessionstore.store import SessionStore, WriteResult
+from sessionstore.store import SessionStore, Write, WriteResult
 
 log = logging.getLogger("sessiond.ingest")
 
@@ -195,7 +196,9 @@ class IngestLoop:
                 messages.append(self._router.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 remaining_ms = (wait_until - time.monotonic()) * 1000
-                if remaining_ms <= 0 or not self._router.poll(remaining_ms, zmq.POLLIN):
+                # zmq polls in whole milliseconds and truncates: round up, or a wait
+                # under 1 ms would silently be no wait at all.
+                if remaining_ms <= 0 or not self._router.poll(math.ceil(remaining_ms), zmq.POLLIN):
                     break
         return messages
 
@@ -205,7 +208,7 @@ class IngestLoop:
         for frames in self._receive():
             request = self._decode(frames)
             if request is not None:
-                (saves if request.write is not None else others).append((frames[0], request))
+                (saves if request.is_save else others).append((frames[0], request))
         if saves:
             self._commit(saves)
         for identity, request in others:
@@ -232,27 +235,63 @@ class IngestLoop:
         return None
 
     def _commit(self, saves: list[tuple[bytes, protocol.Request]]) -> None:
-        writes = [request.write for _, request in saves]
+        """Apply every save of this turn in one transaction, then reply to each request."""
+        writes = [
+            write
+            for _, request in saves
+            for write in (
+                [request.write] if request.items is None else [i.write for i in request.items]
+            )
+            if write is not None
+        ]
+        results = iter(self._apply(writes))
+        for identity, request in saves:
+            if request.items is None:
+                self._reply_to_save(identity, request.id, next(results))
+                continue
+            replies = []
+            for item in request.items:
+                result = (
+                    next(results)
+                    if item.write is not None
+                    else WriteResult(False, error=item.error)
+                )
+                replies.append(self._settle(item.id, result))
+            self._send(identity, protocol.encode_ok(request.id, replies))
+
+    def _apply(self, writes: list[Write]) -> list[WriteResult]:
+        if not writes:
+            return []
         started = time.perf_counter()
         try:
-            results = self.store.apply_batch(writes)  # type: ignore[arg-type]
+            results = self.store.apply_batch(writes)
         except StorageFailure as err:
             log.error("batch of %d save(s) not committed: %s", len(writes), err)
             results = [WriteResult(ok=False, error=err)] * len(writes)
         except Exception as err:
             log.exception("batch of %d save(s) failed unexpectedly", len(writes))
-            results = [WriteResult(ok=False, error=InternalError(f"batch failed: {err}"))] * len(
-                writes
-            )
+            failure = InternalError(f"batch failed: {err}")
+            results = [WriteResult(ok=False, error=failure)] * len(writes)
         self.stats.record_batch(len(writes), (time.perf_counter() - started) * 1000)
-        for (identity, request), result in zip(saves, results, strict=True):
-            if result.ok:
-                self.stats.applied += 1
-                self.stats.duplicates += result.duplicate
-                self._send(identity, protocol.encode_ok(request.id, duplicate=result.duplicate))
-            else:
-                assert result.error is not None
-                self._reject(identity, request.id, result.error)
+        return results
+
+    def _settle(self, request_id: str | None, result: WriteResult) -> dict[str, Any]:
+        """Count one save's fate (and log a refusal); its entry for a save_batch reply."""
+        if result.ok:
+            self.stats.applied += 1
+            self.stats.duplicates += result.duplicate
+            return protocol.item_result(request_id, True, duplicate=result.duplicate)
+        assert result.error is not None
+        self._count_rejection(request_id, result.error)
+        return protocol.item_result(request_id, False, result.error)
+
+    def _reply_to_save(self, identity: bytes, request_id: str, result: WriteResult) -> None:
+        if result.ok:
+            self._settle(request_id, result)
+            self._send(identity, protocol.encode_ack(request_id, duplicate=result.duplicate))
+        else:
+            assert result.error is not None
+            self._reject(identity, request_id, result.error)
 
     def _answer(self, identity: bytes, request: protocol.Request) -> None:
         try:
@@ -318,9 +357,12 @@ class IngestLoop:
         self._running.popleft()
 
     def _reject(self, identity: bytes, request_id: str | None, err: SessionStoreError) -> None:
+        self._count_rejection(request_id, err)
+        self._send(identity, protocol.encode_error(request_id, err))
+
+    def _count_rejection(self, request_id: str | None, err: SessionStoreError) -> None:
         self.stats.rejected[err.code] += 1
         self._reject_log(err.code, f"rejected request {request_id or '(no id)'}: {err.code}: {err}")
-        self._send(identity, protocol.encode_error(request_id, err))
 
     def _send(self, identity: bytes, payload: bytes) -> None:
         try:

@@ -27,13 +27,12 @@ from sessionstore.config import load_settings
 from sessionstore.errors import (
     ConfigError,
     DaemonUnavailable,
-    InvalidRecord,
     PipelineError,
     RequestTooLarge,
-    SessionStoreError,
     ShuttingDown,
 )
 from sessionstore.models import EditOutcome, LearningSession, SessionStatus
+from sessionstore.pipeline import Pipeline
 from sessionstore.records import checked_id
 
 # Resend an unanswered request after this long, doubling up to the cap: long enough
@@ -66,6 +65,8 @@ class SessionStoreClient:
         self.max_in_flight = max_in_flight or settings.max_in_flight
         self.max_message_bytes = max_message_bytes or settings.max_message_bytes
         self._high_water_mark = settings.high_water_mark
+        self.retry_first = RETRY_FIRST
+        self.retry_max = RETRY_MAX
         self._curve = _curve_keys(settings.curve_server_key, settings.curve_client_secret_key)
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -92,7 +93,7 @@ class SessionStoreClient:
     def save_session(self, session: LearningSession) -> None:
         """Insert or update a session; returns once the daemon has committed it."""
         rid = protocol.new_request_id()
-        self._call(rid, _encode_session(rid, session))
+        self._call(rid, protocol.encode_save_session(rid, session))
 
     def save_outcome(
         self,
@@ -107,7 +108,10 @@ class SessionStoreClient:
     ) -> None:
         """Add one outcome row; returns once the daemon has committed it."""
         rid = protocol.new_request_id()
-        frame = _encode_outcome(rid, session_id, outcome, pillar, op, target, risk_tier, rationale)
+        frame = protocol.encode_save_outcome(
+            rid, session_id, outcome, pillar=pillar, op=op, target=target,
+            risk_tier=risk_tier, rationale=rationale,
+        )  # fmt: skip
         self._call(rid, frame)
 
     def get_session(self, session_id: str) -> LearningSession | None:
@@ -172,7 +176,7 @@ class SessionStoreClient:
     def _exchange(
         self, sock: zmq.Socket, rid: str, frame: bytes, deadline: float, timeout: float | None
     ) -> Any:
-        retry_after = RETRY_FIRST
+        retry_after = self.retry_first
         self._send(sock, frame, deadline)
         resend_at = time.monotonic() + retry_after
         while True:
@@ -190,7 +194,7 @@ class SessionStoreClient:
                     raise reply.error
             elif time.monotonic() < resend_at:
                 continue
-            retry_after = min(retry_after * 2, RETRY_MAX)
+            retry_after = min(retry_after * 2, self.retry_max)
             resend_at = time.monotonic() + retry_after
             self._send(sock, frame, deadline)
 
@@ -271,137 +275,3 @@ def _curve_keys(
     if client_secret is None:
         raise ConfigError(f"curve_client_secret_key: {client_secret_key} holds no secret key")
     return server_public, client_public, client_secret
-
-
-def _encode_session(rid: str, session: LearningSession) -> bytes:
-    if not isinstance(session, LearningSession):
-        raise InvalidRecord(f"save_session: expected LearningSession, got {type(session).__name__}")
-    return protocol.encode_save_session(rid, session)
-
-
-def _encode_outcome(
-    rid: str,
-    session_id: str,
-    outcome: EditOutcome,
-    pillar: str,
-    op: str,
-    target: str,
-    risk_tier: str,
-    rationale: str,
-) -> bytes:
-    sid = checked_id(session_id, "session_id")
-    if not isinstance(outcome, EditOutcome):
-        raise InvalidRecord(f"save_outcome: expected EditOutcome, got {type(outcome).__name__}")
-    return protocol.encode_save_outcome(
-        rid,
-        sid,
-        outcome,
-        pillar=pillar,
-        op=op,
-        target=target,
-        risk_tier=risk_tier,
-        rationale=rationale,
-    )
-
-
-@dataclass(slots=True)
-class _InFlight:
-    frame: bytes
-    what: str
-    deadline: float
-    resend_at: float
-    retry_after: float
-
-
-class Pipeline:
-    """Saves sent without waiting for each ack, at most ``max_in_flight`` unacknowledged."""
-
-    def __init__(self, client: SessionStoreClient, max_in_flight: int) -> None:
-        self._client = client
-        self._sock = client.socket()
-        self._max_in_flight = max_in_flight
-        self._in_flight: dict[str, _InFlight] = {}
-        self.failures: list[tuple[str, SessionStoreError]] = []
-        self.acknowledged = 0
-        self._last_heard = time.monotonic()
-
-    def save_session(self, session: LearningSession) -> None:
-        rid = protocol.new_request_id()
-        self._submit(rid, _encode_session(rid, session), f"save_session {session.id!r}")
-
-    def save_outcome(
-        self,
-        session_id: str,
-        outcome: EditOutcome,
-        *,
-        pillar: str,
-        op: str,
-        target: str,
-        risk_tier: str,
-        rationale: str = "",
-    ) -> None:
-        rid = protocol.new_request_id()
-        frame = _encode_outcome(rid, session_id, outcome, pillar, op, target, risk_tier, rationale)
-        self._submit(rid, frame, f"save_outcome {outcome.edit_id!r} for session {session_id!r}")
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._in_flight)
-
-    def drain(self) -> None:
-        """Wait until every save sent has been acknowledged, refused or timed out."""
-        while self._in_flight:
-            self._collect()
-
-    def _submit(self, rid: str, frame: bytes, what: str) -> None:
-        self._client._check_size(frame)
-        while len(self._in_flight) >= self._max_in_flight:
-            self._collect()
-        now = time.monotonic()
-        entry = _InFlight(frame, what, now + self._client.timeout, now + RETRY_FIRST, RETRY_FIRST)
-        try:
-            self._client._send(self._sock, frame, entry.deadline)
-        except DaemonUnavailable as err:
-            self.failures.append((what, err))
-            return
-        self._in_flight[rid] = entry
-
-    def _collect(self) -> None:
-        """Take the replies that arrive within a short wait; resend or expire overdue saves."""
-        wake_at = min(min(e.resend_at, e.deadline) for e in self._in_flight.values())
-        wait_ms = max(1, int((wake_at - time.monotonic()) * 1000))
-        if self._sock.poll(wait_ms, zmq.POLLIN):
-            while self._sock.poll(0, zmq.POLLIN):
-                self._settle(protocol.decode_reply(self._sock.recv()))
-            self._last_heard = time.monotonic()
-        now = time.monotonic()
-        # A daemon that answered lately is alive and working through our queue: resending
-        # then only doubles its work (and its replies), so wait for silence instead.
-        daemon_quiet = now - self._last_heard >= RETRY_FIRST
-        for rid, entry in list(self._in_flight.items()):
-            if now >= entry.deadline:
-                del self._in_flight[rid]
-                self.failures.append((entry.what, self._client._unavailable(None)))
-            elif now >= entry.resend_at:
-                entry.retry_after = min(entry.retry_after * 2, RETRY_MAX)
-                entry.resend_at = now + entry.retry_after
-                if not daemon_quiet:
-                    continue
-                try:
-                    self._client._send(self._sock, entry.frame, entry.deadline)
-                except DaemonUnavailable as err:
-                    del self._in_flight[rid]
-                    self.failures.append((entry.what, err))
-
-    def _settle(self, reply: protocol.Reply) -> None:
-        entry = self._in_flight.get(reply.id or "")
-        if entry is None:
-            return  # an answer to a resend that was already settled
-        if reply.ok:
-            self.acknowledged += 1
-        elif isinstance(reply.error, _RETRYABLE):
-            return  # leave it in flight; it is resent when due
-        else:
-            assert reply.error is not None
-            self.failures.append((entry.what, reply.error))
-        del self._in_flight[reply.id or ""]

@@ -67,10 +67,11 @@ class Settings(BaseSettings):
     )
     batch_max: int = Field(default=512, ge=1, le=100_000, description="Most saves per commit.")
     batch_wait_ms: float = Field(
-        default=1.0,
+        default=0.0,
         ge=0,
         le=1000,
-        description="How long the loop waits for more saves before committing a batch.",
+        description="How long the loop waits for more saves before committing a batch; 0 "
+        "commits what is waiting (saves that arrive during a commit form the next batch).",
     )
     max_message_bytes: int = Field(
         default=1 << 20,

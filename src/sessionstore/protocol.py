@@ -11,7 +11,8 @@ never raises out of :func:`decode_request` with anything but a SessionStoreError
 from __future__ import annotations
 
 import json
-import uuid
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,14 +31,18 @@ VERSION = 1
 MAX_ID_LENGTH = 128
 
 SAVE_OPS = frozenset({"save_session", "save_outcome"})
+# save_batch carries up to this many save requests, each with its own id and result:
+# one frame and one reply for many saves (the pipeline's way to cut per-message cost).
+MAX_BATCH_ITEMS = 1000
 QUERY_OPS = frozenset({"get_session", "list_sessions", "list_outcomes"})
 ADMIN_OPS = frozenset({"status", "checkpoint", "reconcile", "integrity_check"})
-OPS = SAVE_OPS | QUERY_OPS | ADMIN_OPS
+OPS = SAVE_OPS | {"save_batch"} | QUERY_OPS | ADMIN_OPS
 
 # Keys each op accepts besides the envelope (v, id, op): name -> required?
 _FIELDS: dict[str, dict[str, bool]] = {
     "save_session": {"session": True},
     "save_outcome": {"session_id": True, "outcome": True, "edit": True},
+    "save_batch": {"saves": True},
     "get_session": {"session_id": True},
     "list_sessions": {"status": False, "limit": False},
     "list_outcomes": {"session_id": True},
@@ -50,7 +55,10 @@ _EDIT_KEYS = {"pillar", "op", "target", "risk_tier", "rationale"}
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """A unique id that sorts by time: the index of applied ids then grows at its end,
+    where random ids (uuid4) made each insert a random B-tree page write, measured
+    twice as slow per batch at 600k remembered ids."""
+    return f"{time.time_ns():016x}{os.urandom(8).hex()}"
 
 
 @dataclass(slots=True)
@@ -61,6 +69,20 @@ class Request:
     op: str
     write: Write | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    items: list[BatchItem] | None = None  # save_batch only
+
+    @property
+    def is_save(self) -> bool:
+        return self.write is not None or self.items is not None
+
+
+@dataclass(slots=True)
+class BatchItem:
+    """One save of a save_batch: a write to apply, or the error that refused it."""
+
+    id: str | None
+    write: Write | None = None
+    error: SessionStoreError | None = None
 
 
 @dataclass(slots=True)
@@ -81,6 +103,8 @@ def _envelope(request_id: str, op: str) -> str:
 
 def encode_save_session(request_id: str, session: LearningSession) -> bytes:
     """Encode without re-parsing: the model's own JSON is spliced into the frame."""
+    if not isinstance(session, LearningSession):
+        raise InvalidRecord(f"save_session: expected LearningSession, got {type(session).__name__}")
     return (
         f'{_envelope(request_id, "save_session")},"session":{session.model_dump_json()}}}'.encode()
     )
@@ -97,6 +121,9 @@ def encode_save_outcome(
     risk_tier: str,
     rationale: str,
 ) -> bytes:
+    session_id = checked_id(session_id, "session_id")
+    if not isinstance(outcome, EditOutcome):
+        raise InvalidRecord(f"save_outcome: expected EditOutcome, got {type(outcome).__name__}")
     edit = checked_edit(pillar, op, target, risk_tier, rationale)
     edit_json = json.dumps(
         {
@@ -112,6 +139,11 @@ def encode_save_outcome(
         f'"session_id":{json.dumps(session_id)},'
         f'"outcome":{outcome.model_dump_json()},"edit":{edit_json}}}'
     ).encode()
+
+
+def encode_save_batch(request_id: str, saves: list[bytes]) -> bytes:
+    """A save_batch frame around already-encoded save requests (no re-encoding)."""
+    return _envelope(request_id, "save_batch").encode() + b',"saves":[' + b",".join(saves) + b"]}"
 
 
 def encode_request(request_id: str, op: str, **params: Any) -> bytes:
@@ -147,6 +179,10 @@ def decode_request(frame: bytes, max_bytes: int) -> Request:
         raise MalformedRequest(f"request is not JSON: {err}") from None
     except RecursionError:
         raise MalformedRequest("request is not JSON: nested too deeply") from None
+    return _decode_object(obj)
+
+
+def _decode_object(obj: Any, ops: frozenset[str] = OPS) -> Request:
     if not isinstance(obj, dict):
         raise MalformedRequest(f"request must be a JSON object, got {type(obj).__name__}")
     request_id = obj.get("id")
@@ -155,7 +191,7 @@ def decode_request(frame: bytes, max_bytes: int) -> Request:
     if obj.get("v") != VERSION or isinstance(obj.get("v"), bool):
         raise MalformedRequest(f"v: unsupported protocol version {obj.get('v')!r} (want {VERSION})")
     op = obj.get("op")
-    if not isinstance(op, str) or op not in OPS:
+    if not isinstance(op, str) or op not in ops:
         raise MalformedRequest(f"op: unknown operation {op!r:.60}")
     fields = _FIELDS[op]
     extra = set(obj) - {"v", "id", "op"} - set(fields)
@@ -201,6 +237,24 @@ def _decode_save_outcome(request_id: str, op: str, obj: dict[str, Any]) -> Reque
     )
 
 
+def _decode_save_batch(request_id: str, op: str, obj: dict[str, Any]) -> Request:
+    """Each item is a whole save request; a bad item fails alone, like a lone save would."""
+    saves = obj["saves"]
+    if not isinstance(saves, list) or not 0 < len(saves) <= MAX_BATCH_ITEMS:
+        raise MalformedRequest(f"save_batch: saves must be a list of 1-{MAX_BATCH_ITEMS} requests")
+    items = []
+    for item in saves:
+        item_id = item.get("id") if isinstance(item, dict) else None
+        item_id = (
+            item_id if isinstance(item_id, str) and 0 < len(item_id) <= MAX_ID_LENGTH else None
+        )
+        try:
+            items.append(BatchItem(item_id, write=_decode_object(item, SAVE_OPS).write))
+        except SessionStoreError as err:
+            items.append(BatchItem(item_id, error=err))
+    return Request(request_id, op, items=items)
+
+
 def _decode_session_query(request_id: str, op: str, obj: dict[str, Any]) -> Request:
     return Request(request_id, op, params={"session_id": _string(obj, "session_id", op)})
 
@@ -242,6 +296,7 @@ def _string(obj: dict[str, Any], key: str, op: str) -> str:
 _DECODERS = {
     "save_session": _decode_save_session,
     "save_outcome": _decode_save_outcome,
+    "save_batch": _decode_save_batch,
     "get_session": _decode_session_query,
     "list_outcomes": _decode_session_query,
     "list_sessions": _decode_list_sessions,
@@ -253,6 +308,30 @@ _DECODERS = {
 
 
 # -- replies --------------------------------------------------------------------
+
+
+def encode_ack(request_id: str, *, duplicate: bool = False) -> bytes:
+    """The reply to an applied save, formatted directly: it is sent once per save."""
+    flag = ',"duplicate":true' if duplicate else ""
+    return f'{{"v":{VERSION},"id":{json.dumps(request_id)},"ok":true,"result":null{flag}}}'.encode()
+
+
+def item_result(
+    item_id: str | None,
+    ok: bool,
+    error: SessionStoreError | None = None,
+    *,
+    duplicate: bool = False,
+) -> dict[str, Any]:
+    """One entry of a save_batch reply's result list."""
+    if ok:
+        return (
+            {"id": item_id, "ok": True, "duplicate": True}
+            if duplicate
+            else {"id": item_id, "ok": True}
+        )
+    assert error is not None
+    return {"id": item_id, "ok": False, "error": {"code": error.code, "message": str(error)}}
 
 
 def encode_ok(request_id: str | None, result: Any = None, *, duplicate: bool = False) -> bytes:

@@ -176,7 +176,7 @@ def daemon_writers(kind: WorkerKind) -> Callable[[BenchOptions, Path, Progress],
     """The ``sync`` (one save in flight per process) or ``pipelined`` scenario."""
     measures = {
         "sync": "each client.save_outcome call, send to ack, failed included",
-        "pipelined": "per save, frame sent to ack read (window wait excluded)",
+        "pipelined": "per save, its save_batch frame sent to its result read (buffering and window wait excluded)",
     }[kind]
 
     def scenario(opts: BenchOptions, root: Path, progress: Progress) -> dict[str, Any]:

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sessionstore.benchmarks import data
-from sessionstore.client import Pipeline, SessionStoreClient
+from sessionstore.client import SessionStoreClient
 from sessionstore.errors import DaemonUnavailable, SessionStoreError
-from sessionstore.protocol import Reply
+from sessionstore.pipeline import Pipeline
 from sessionstore.store import Durability, OutcomeWrite, SessionStore
 
 WorkerKind = Literal["direct", "sync", "pipelined", "ceiling"]
@@ -105,31 +105,22 @@ class _Tally:
         }
 
 
-class _TimedPipeline(Pipeline):
-    """``client.pipeline()``'s Pipeline, with an ack timestamp per save."""
-
-    def __init__(self, client: SessionStoreClient, tally: _Tally) -> None:
-        super().__init__(client, client.max_in_flight)
-        self._tally = tally
-        self._sent_at: dict[str, float] = {}
-
-    def _submit(self, rid: str, frame: bytes, what: str) -> None:
-        super()._submit(rid, frame, what)  # may first wait for room in the window
-        if rid in self._in_flight:
-            self._sent_at[rid] = time.monotonic()
-
-    def _settle(self, reply: Reply) -> None:
-        rid = reply.id or ""
-        pending = rid in self._in_flight
-        super()._settle(reply)
-        if pending and rid not in self._in_flight:
-            self._tally.latency(time.monotonic() - self._sent_at.pop(rid))
-
-
 @contextmanager
-def timed_pipeline(client: SessionStoreClient, tally: _Tally) -> Iterator[_TimedPipeline]:
-    """What ``client.pipeline()`` does, with :class:`_TimedPipeline`; failures are counted."""
-    pipe = _TimedPipeline(client, tally)
+def timed_pipeline(client: SessionStoreClient, tally: _Tally) -> Iterator[Pipeline]:
+    """What ``client.pipeline()`` does, timing each save from its frame's send to its result."""
+    sent_at: dict[str, float] = {}
+
+    def sent(ids: list[str]) -> None:
+        now = time.monotonic()
+        for rid in ids:
+            sent_at[rid] = now
+
+    def settled(rid: str, ok: bool) -> None:
+        started = sent_at.pop(rid, None)
+        if started is not None:
+            tally.latency(time.monotonic() - started)
+
+    pipe = Pipeline(client, client.max_in_flight, on_sent=sent, on_settled=settled)
     try:
         yield pipe
     finally:

@@ -1,0 +1,216 @@
+"""Pipelined saves: many in flight, few frames, one wait at the end.
+
+Saves are encoded as they are submitted and sent in ``save_batch`` frames of up
+to :data:`FRAME_ITEMS` saves (one frame, one reply for the lot: the daemon's and
+the client's per-message costs dominated a one-frame-per-save pipeline). Each
+save keeps its own request id, so the daemon applies and de-duplicates it
+exactly as if it had come alone, and a resent frame never applies a save twice.
+At most ``max_in_flight`` saves are unacknowledged; submitting more blocks until
+replies make room (back-pressure, never silent loss).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import zmq
+
+from sessionstore import protocol
+from sessionstore.errors import DaemonUnavailable, SessionStoreError, ShuttingDown, error_for_code
+from sessionstore.models import EditOutcome, LearningSession
+
+if TYPE_CHECKING:
+    from sessionstore.client import SessionStoreClient
+
+FRAME_ITEMS = 64
+"""Saves per save_batch frame (fewer when they would not fit in the message size limit)."""
+FRAME_OVERHEAD = 256
+
+
+@dataclass(slots=True)
+class _Frame:
+    """One sent save_batch frame and the saves of it still waiting for their result."""
+
+    frame: bytes
+    waiting: dict[str, str]  # save request id -> what it was, for error reports
+    deadline: float
+    resend_at: float
+    retry_after: float
+
+
+@dataclass(slots=True)
+class _Buffer:
+    saves: list[tuple[str, bytes, str]] = field(default_factory=list)
+    size: int = 0
+
+
+class Pipeline:
+    """Saves sent without waiting for each ack, at most ``max_in_flight`` unacknowledged.
+
+    ``on_sent(ids)`` and ``on_settled(id, ok)`` let a caller (the benchmark) observe
+    when each save left and when its result came back.
+    """
+
+    def __init__(
+        self,
+        client: SessionStoreClient,
+        max_in_flight: int,
+        *,
+        on_sent: Callable[[list[str]], None] | None = None,
+        on_settled: Callable[[str, bool], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._sock = client.socket()
+        self._max_in_flight = max_in_flight
+        self._frame_items = max(1, min(FRAME_ITEMS, max_in_flight))
+        self._frames: dict[str, _Frame] = {}
+        self._buffer = _Buffer()
+        self._unsettled = 0
+        self._on_sent = on_sent
+        self._on_settled = on_settled
+        self._last_heard = time.monotonic()
+        self.failures: list[tuple[str, SessionStoreError]] = []
+        self.acknowledged = 0
+
+    # -- what callers use --------------------------------------------------------
+
+    def save_session(self, session: LearningSession) -> None:
+        rid = protocol.new_request_id()
+        frame = protocol.encode_save_session(rid, session)
+        self._submit(rid, frame, f"save_session {session.id!r}")
+
+    def save_outcome(
+        self,
+        session_id: str,
+        outcome: EditOutcome,
+        *,
+        pillar: str,
+        op: str,
+        target: str,
+        risk_tier: str,
+        rationale: str = "",
+    ) -> None:
+        rid = protocol.new_request_id()
+        frame = protocol.encode_save_outcome(
+            rid, session_id, outcome, pillar=pillar, op=op, target=target,
+            risk_tier=risk_tier, rationale=rationale,
+        )  # fmt: skip
+        self._submit(rid, frame, f"save_outcome {outcome.edit_id!r} for session {session_id!r}")
+
+    @property
+    def in_flight(self) -> int:
+        """Saves submitted whose result has not come back yet (buffered ones included)."""
+        return self._unsettled
+
+    def flush(self) -> None:
+        """Send what is buffered now, without waiting for replies."""
+        if not self._buffer.saves:
+            return
+        saves, self._buffer = self._buffer.saves, _Buffer()
+        frame_id = protocol.new_request_id()
+        frame = protocol.encode_save_batch(frame_id, [encoded for _, encoded, _ in saves])
+        now = time.monotonic()
+        entry = _Frame(
+            frame,
+            {rid: what for rid, _, what in saves},
+            now + self._client.timeout,
+            now + self._client.retry_first,
+            self._client.retry_first,
+        )
+        try:
+            self._client._send(self._sock, frame, entry.deadline)
+        except DaemonUnavailable as err:
+            self._fail_all(entry, err)
+            return
+        self._frames[frame_id] = entry
+        if self._on_sent is not None:
+            self._on_sent(list(entry.waiting))
+
+    def drain(self) -> None:
+        """Wait until every save submitted has been acknowledged, refused or timed out."""
+        self.flush()
+        while self._frames:
+            self._collect()
+
+    # -- the machinery --------------------------------------------------------------
+
+    def _submit(self, rid: str, encoded: bytes, what: str) -> None:
+        self._client._check_size(encoded)
+        while self._unsettled >= self._max_in_flight:  # back-pressure: wait for results
+            self.flush()
+            self._collect()
+        if self._buffer.size + len(encoded) + FRAME_OVERHEAD > self._client.max_message_bytes:
+            self.flush()
+        self._buffer.saves.append((rid, encoded, what))
+        self._buffer.size += len(encoded) + 1
+        self._unsettled += 1
+        if len(self._buffer.saves) >= self._frame_items:
+            self.flush()
+
+    def _collect(self) -> None:
+        """Take the replies that arrive within a short wait; resend or expire overdue frames."""
+        if not self._frames:
+            return
+        wake_at = min(min(f.resend_at, f.deadline) for f in self._frames.values())
+        if self._sock.poll(max(1, int((wake_at - time.monotonic()) * 1000)), zmq.POLLIN):
+            while self._sock.poll(0, zmq.POLLIN):
+                self._settle(protocol.decode_reply(self._sock.recv()))
+            self._last_heard = time.monotonic()
+        now = time.monotonic()
+        # A daemon that answered lately is alive and working through our queue: resending
+        # then only doubles its work (and its replies), so wait for silence instead.
+        daemon_quiet = now - self._last_heard >= self._client.retry_first
+        for frame_id, entry in list(self._frames.items()):
+            if now >= entry.deadline:
+                del self._frames[frame_id]
+                self._fail_all(entry, self._client._unavailable(None))
+            elif now >= entry.resend_at:
+                entry.retry_after = min(entry.retry_after * 2, self._client.retry_max)
+                entry.resend_at = now + entry.retry_after
+                if not daemon_quiet:
+                    continue
+                try:
+                    self._client._send(self._sock, entry.frame, entry.deadline)
+                except DaemonUnavailable as err:
+                    del self._frames[frame_id]
+                    self._fail_all(entry, err)
+
+    def _settle(self, reply: protocol.Reply) -> None:
+        entry = self._frames.get(reply.id or "")
+        if entry is None:
+            return  # an answer to a resend that was already settled
+        if not reply.ok:  # the frame as a whole was refused
+            assert reply.error is not None
+            if not isinstance(reply.error, ShuttingDown):  # else resent when due
+                del self._frames[reply.id or ""]
+                self._fail_all(entry, reply.error)
+            return
+        for result in reply.result:
+            what = entry.waiting.get(result.get("id"))
+            if what is None:
+                continue
+            if result["ok"]:
+                self.acknowledged += 1
+                self._done(entry, result["id"], True)
+                continue
+            error = error_for_code(result["error"]["code"], result["error"]["message"])
+            if isinstance(error, ShuttingDown):
+                continue  # stays waiting; the frame is resent when due
+            self.failures.append((what, error))
+            self._done(entry, result["id"], False)
+        if not entry.waiting:
+            del self._frames[reply.id or ""]
+
+    def _done(self, entry: _Frame, rid: str, ok: bool) -> None:
+        del entry.waiting[rid]
+        self._unsettled -= 1
+        if self._on_settled is not None:
+            self._on_settled(rid, ok)
+
+    def _fail_all(self, entry: _Frame, err: SessionStoreError) -> None:
+        for rid, what in list(entry.waiting.items()):
+            self.failures.append((what, err))
+            self._done(entry, rid, False)

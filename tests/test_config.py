@@ -65,7 +65,7 @@ def test_defaults_derive_every_path_from_openjarvis_home(home: Path) -> None:
     assert s.db_path == learning / "distillation.db"
     assert s.address == f"ipc://{learning}/sessiond.sock"
     assert s.sessions_dir == learning / "sessions"
-    assert (s.batch_max, s.batch_wait_ms, s.durability) == (512, 1.0, "full")
+    assert (s.batch_max, s.batch_wait_ms, s.durability) == (512, 0.0, "full")
 
 
 def test_openjarvis_home_defaults_to_dot_openjarvis(monkeypatch: pytest.MonkeyPatch) -> None:

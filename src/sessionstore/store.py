@@ -90,6 +90,10 @@ class WriteResult:
     error: SessionStoreError | None = None
 
 
+# What refuses a single write (it fails alone); any other sqlite3.Error fails the batch.
+_REFUSALS = (SessionStoreError, sqlite3.IntegrityError, ValueError, OverflowError, RecursionError)
+
+
 @dataclass(frozen=True, slots=True)
 class CheckpointResult:
     mode: str
@@ -284,7 +288,7 @@ class SessionStore:
             except sqlite3.Error as err:
                 raise _storage_failure(f"index {self._db_path}: cannot begin a write", err) from err
             try:
-                results = [self._apply_in_savepoint(write) for write in writes]
+                results = self._apply_all(writes)
                 # Nothing applied (all refused or duplicates): ROLLBACK, so a refusal
                 # costs no WAL frames and no fsync, and leaves the files byte-identical.
                 applied = any(r.ok and not r.duplicate for r in results)
@@ -296,6 +300,25 @@ class SessionStore:
                 self._rollback()
                 raise
         return results
+
+    def _apply_all(self, writes: Sequence[Write]) -> list[WriteResult]:
+        """Apply every write inside the open transaction, each failing alone if refused.
+
+        Optimistic: in the common case no write is refused, so all are applied under
+        one savepoint instead of one each (two statements fewer per save, measured
+        about a tenth of the loop's time). On the first refusal that savepoint is
+        rolled back and the writes are redone one savepoint each, which isolates it.
+        """
+        conn = self._conn
+        conn.execute("SAVEPOINT batch")
+        try:
+            duplicates = [self._apply_one(write) for write in writes]
+        except _REFUSALS:
+            conn.execute("ROLLBACK TO batch")
+            conn.execute("RELEASE batch")
+            return [self._apply_in_savepoint(write) for write in writes]
+        conn.execute("RELEASE batch")
+        return [WriteResult(ok=True, duplicate=duplicate) for duplicate in duplicates]
 
     def _apply_single(self, write: Write) -> None:
         result = self.apply_batch([write])[0]

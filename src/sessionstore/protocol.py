@@ -16,6 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic_core import to_json
+
 from sessionstore.errors import (
     InvalidRecord,
     MalformedRequest,
@@ -98,16 +101,14 @@ class Reply:
 
 
 def _envelope(request_id: str, op: str) -> str:
-    return f'{{"v":{VERSION},"id":{json.dumps(request_id)},"op":"{op}"'
+    return f'{{"v":{VERSION},"id":{_json_str(request_id)},"op":"{op}"'
 
 
 def encode_save_session(request_id: str, session: LearningSession) -> bytes:
     """Encode without re-parsing: the model's own JSON is spliced into the frame."""
     if not isinstance(session, LearningSession):
         raise InvalidRecord(f"save_session: expected LearningSession, got {type(session).__name__}")
-    return (
-        f'{_envelope(request_id, "save_session")},"session":{session.model_dump_json()}}}'.encode()
-    )
+    return f'{_envelope(request_id, "save_session")},"session":{_model_json(session, "save_session")}}}'.encode()
 
 
 def encode_save_outcome(
@@ -125,20 +126,28 @@ def encode_save_outcome(
     if not isinstance(outcome, EditOutcome):
         raise InvalidRecord(f"save_outcome: expected EditOutcome, got {type(outcome).__name__}")
     edit = checked_edit(pillar, op, target, risk_tier, rationale)
-    edit_json = json.dumps(
-        {
-            "pillar": edit.pillar,
-            "op": edit.op,
-            "target": edit.target,
-            "risk_tier": edit.risk_tier,
-            "rationale": edit.rationale,
-        }
-    )
+    # Enum values need no escaping; the free strings go through the (Rust) JSON encoder.
     return (
         f"{_envelope(request_id, 'save_outcome')},"
-        f'"session_id":{json.dumps(session_id)},'
-        f'"outcome":{outcome.model_dump_json()},"edit":{edit_json}}}'
+        f'"session_id":{_json_str(session_id)},'
+        f'"outcome":{_model_json(outcome, "save_outcome")},'
+        f'"edit":{{"pillar":"{edit.pillar}","op":"{edit.op}","target":{_json_str(edit.target)},'
+        f'"risk_tier":"{edit.risk_tier}","rationale":{_json_str(edit.rationale)}}}}}'
     ).encode()
+
+
+def _json_str(text: str) -> str:
+    try:
+        return to_json(text).decode()
+    except ValueError as err:  # a lone surrogate: not text JSON can carry
+        raise InvalidRecord(f"{text!r:.60}: not valid Unicode text") from err
+
+
+def _model_json(model: BaseModel, what: str) -> str:
+    try:
+        return model.model_dump_json()
+    except ValueError as err:
+        raise InvalidRecord(f"{what}: cannot be encoded as JSON: {err}") from err
 
 
 def encode_save_batch(request_id: str, saves: list[bytes]) -> bytes:

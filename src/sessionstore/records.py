@@ -107,8 +107,17 @@ def _refuse_unencodable(text: str, what: str, where: str) -> None:
         raise InvalidRecord(f"{what}: {where}: not valid Unicode text ({err.reason})") from None
 
 
+_ENUM_VALUES: dict[type[Enum], frozenset[str]] = {
+    enum: frozenset(member.value for member in enum)  # type: ignore[attr-defined]
+    for enum in (EditPillar, EditOp, EditRiskTier)
+}
+
+
 def _enum_value(enum: type[Enum], value: object, field: str) -> str:
+    # Checked on every save on both sides of the wire: a set lookup, not Enum(raw).
     raw = value.value if isinstance(value, Enum) else value
+    if type(raw) is str and raw in _ENUM_VALUES[enum]:
+        return raw
     if not isinstance(raw, str):
         raise InvalidRecord(f"{field}: expected a string, got {type(value).__name__}")
     try:

@@ -25,7 +25,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scenarios",
         default="direct,sync,pipelined,ceiling,contention",
-        help="comma-separated subset to run",
+        help="comma-separated subset of direct, sync, pipelined, ceiling, contention, rss "
+        "(rss, 1M stored outcomes, is not in the default set)",
     )
     parser.add_argument(
         "--reconcile-files",
@@ -36,8 +37,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lock-seconds",
         type=float,
-        default=2.0,
-        help="how long the contention scenario's other process holds its write transaction (default 2)",
+        default=6.0,
+        help="how long the contention scenario's other process holds its write transaction "
+        "(default 6: longer than SQLite's 5 s busy timeout, like a rebuild or a long job)",
     )
     parser.add_argument(
         "--rss-outcomes",

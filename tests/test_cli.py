@@ -7,7 +7,6 @@ file; output is checked both as the human table and as ``--json``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -83,23 +82,6 @@ def ls_ids(run: Run, daemon: Daemon, *args: str) -> list[str]:
     sessions = as_json(run("ls", "--json", "--address", daemon.address, *args))
     assert isinstance(sessions, list)
     return [s["id"] for s in sessions]
-
-
-def stop_between_notify_sends(d: Daemon) -> int:
-    """SIGTERM after the first STATUS= and one round trip, when no notify send is under way.
-
-    A signal that lands inside a notify send deadlocks the daemon (see
-    test_sigterm_during_a_notify_send_stops_the_daemon in tests/test_service.py).
-    """
-    assert d.notify is not None
-    deadline = time.monotonic() + 10
-    while not any(m.startswith("STATUS=") for m in d.messages):
-        assert time.monotonic() < deadline, f"no STATUS= from the daemon: {d.stderr()}"
-        d.notify.settimeout(max(0.01, deadline - time.monotonic()))
-        with contextlib.suppress(TimeoutError):
-            d.messages.append(d.notify.recv(4096).decode())
-    SessionStoreClient(d.address, timeout=10).status()
-    return d.stop()
 
 
 # -- no daemon needed ------------------------------------------------------------------
@@ -253,7 +235,7 @@ def test_rebuild_refuses_while_the_daemon_runs_then_rebuilds_from_the_files(
     assert refused.stdout == ""
     assert client.status()["sessions"] == 3  # the running daemon's index is untouched
 
-    assert stop_between_notify_sends(daemon) == 0
+    assert daemon.stop() == 0
     for suffix in ("", "-wal", "-shm"):
         Path(f"{daemon.db_path}{suffix}").unlink(missing_ok=True)
     result = as_json(run("rebuild", "--json"))

@@ -76,25 +76,6 @@ def log_lines(d: Daemon) -> list[str]:
     return d.stderr_path.read_text(errors="replace").splitlines()
 
 
-def stop(d: Daemon, sig: int = signal.SIGTERM) -> int:
-    """Stop the daemon at a moment when it is not sending a notify datagram.
-
-    A signal that lands while the loop is inside a notify send deadlocks the daemon
-    (see test_sigterm_during_a_notify_send_stops_the_daemon). So first see the first
-    STATUS= (the first heartbeat), then make one round trip: the heartbeat after it
-    sends nothing for status_interval (10 s), and the signal is safe.
-    """
-    assert d.notify is not None
-    deadline = time.monotonic() + 10
-    while not any(m.startswith("STATUS=") for m in d.messages):
-        assert time.monotonic() < deadline, f"no STATUS= from the daemon: {d.stderr()}"
-        d.notify.settimeout(max(0.01, deadline - time.monotonic()))
-        with contextlib.suppress(TimeoutError):
-            d.messages.append(d.notify.recv(4096).decode())
-    SessionStoreClient(d.address, timeout=10).status()
-    return d.stop(sig)
-
-
 def raw_socket(address: str) -> zmq.Socket:
     sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -248,7 +229,7 @@ def test_stopping_is_sent_at_the_signal_and_the_daemon_exits_zero(
 ) -> None:
     d = daemon_factory().start()
     SessionStoreClient(d.address, timeout=10).save_session(session("s"))
-    assert stop(d, sig) == 0
+    assert d.stop(sig) == 0
     d.wait_for("STOPPING=1", 5)  # already queued in our socket's buffer
     ready_at = next(i for i, m in enumerate(d.messages) if "READY=1" in m.split("\n"))
     stopping_at = next(i for i, m in enumerate(d.messages) if "STOPPING=1" in m.split("\n"))
@@ -303,7 +284,7 @@ def test_under_journald_lines_carry_a_priority_and_no_timestamp(daemon_factory: 
     st = d.stderr_path.stat()
     d.extra_env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
     d.start()
-    assert stop(d) == 0
+    assert d.stop() == 0
     lines = [line for line in log_lines(d) if line]
     assert lines
     for line in lines:
@@ -318,7 +299,7 @@ def test_outside_journald_lines_start_with_a_timestamp(
 ) -> None:
     extra = {} if journal_stream is None else {"JOURNAL_STREAM": journal_stream}
     d = daemon_factory(extra_env=extra).start()
-    assert stop(d) == 0
+    assert d.stop() == 0
     lines = [line for line in log_lines(d) if line]
     assert lines
     for line in lines:
@@ -345,7 +326,7 @@ def test_a_flood_of_bad_frames_is_rate_limited_in_the_log(daemon: Daemon) -> Non
 
 def test_held_back_rejections_are_summarised_at_the_latest_at_shutdown(daemon: Daemon) -> None:
     send_bad_frames(daemon.address, 100)
-    assert stop(daemon) == 0
+    assert daemon.stop() == 0
     summaries = [line for line in log_lines(daemon) if "not logged" in line]
     assert len(summaries) == 1, log_lines(daemon)
     assert "90 more malformed rejection(s)" in summaries[0]
@@ -384,7 +365,7 @@ def test_a_failing_scheduled_job_is_reported_and_the_daemon_serves_on(
     assert d.proc is not None and d.proc.poll() is None
     assert any("reconcile failed" in line and "reconcile_files" in line for line in log_lines(d))
     assert not any("Traceback" in line for line in log_lines(d))
-    assert stop(d) == 0
+    assert d.stop() == 0
 
 
 def test_unreadable_sessions_dir_is_reported_by_reconcile_not_fatal(
@@ -411,6 +392,6 @@ def test_checkpoint_mode_off_schedules_no_checkpoint(daemon_factory: Factory, mo
     scheduled = set(jobs(client))
     assert {"reconcile", "integrity"} <= scheduled
     assert ("checkpoint" in scheduled) is (mode == "auto")
-    assert stop(d) == 0
+    assert d.stop() == 0
     final = any("final checkpoint" in line for line in log_lines(d))
     assert final is (mode == "auto")

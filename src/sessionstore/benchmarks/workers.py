@@ -142,33 +142,32 @@ def _edit_ids(spec: WorkerSpec, stop: Any) -> Iterator[tuple[str, str, int]]:
         n += 1
 
 
+def _save_each(
+    saver: SessionStore | SessionStoreClient, spec: WorkerSpec, tally: _Tally, stop: Any
+) -> None:
+    """One timed ``save_outcome`` at a time: the same loop serves the store and the client,
+    which is the drop-in promise at work. Every failure is a data point, not a crash."""
+    e = data.EDIT
+    for sid, eid, n in _edit_ids(spec, stop):
+        tally.attempted += 1
+        started = time.monotonic()
+        try:
+            saver.save_outcome(
+                sid, data.outcome(eid, n), pillar=e.pillar, op=e.op, target=e.target,
+                risk_tier=e.risk_tier, rationale=e.rationale,
+            )  # fmt: skip
+            tally.acknowledged += 1
+        except Exception as err:
+            tally.failed(err)
+        tally.latency(time.monotonic() - started)
+
+
 def _run_direct(spec: WorkerSpec, tally: _Tally, ready: Callable[[], None], stop: Any) -> None:
     assert spec.db_path is not None
-    store = SessionStore(
-        spec.db_path,
-        durability=spec.durability,
-        busy_timeout=spec.busy_timeout,
-    )
+    store = SessionStore(spec.db_path, durability=spec.durability, busy_timeout=spec.busy_timeout)
     try:
         ready()
-        e = data.EDIT
-        for sid, eid, n in _edit_ids(spec, stop):
-            tally.attempted += 1
-            started = time.monotonic()
-            try:
-                store.save_outcome(
-                    sid,
-                    data.outcome(eid, n),
-                    pillar=e.pillar,
-                    op=e.op,
-                    target=e.target,
-                    risk_tier=e.risk_tier,
-                    rationale=e.rationale,
-                )
-                tally.acknowledged += 1
-            except Exception as err:  # every failure is a data point, not a crash
-                tally.failed(err)
-            tally.latency(time.monotonic() - started)
+        _save_each(store, spec, tally, stop)
     finally:
         store.close()
 
@@ -182,38 +181,17 @@ def _run_client(spec: WorkerSpec, tally: _Tally, ready: Callable[[], None], stop
         for n, sid in enumerate(spec.session_ids):
             client.save_session(data.session(sid, n))  # also connects the socket before the clock
         ready()
-        e = data.EDIT
-        if spec.kind == "pipelined":
-            with timed_pipeline(client, tally) as pipe:
-                for sid, eid, n in _edit_ids(spec, stop):
-                    tally.attempted += 1
-                    pipe.save_outcome(
-                        sid,
-                        data.outcome(eid, n),
-                        pillar=e.pillar,
-                        op=e.op,
-                        target=e.target,
-                        risk_tier=e.risk_tier,
-                        rationale=e.rationale,
-                    )
+        if spec.kind != "pipelined":
+            _save_each(client, spec, tally, stop)
             return
-        for sid, eid, n in _edit_ids(spec, stop):
-            tally.attempted += 1
-            started = time.monotonic()
-            try:
-                client.save_outcome(
-                    sid,
-                    data.outcome(eid, n),
-                    pillar=e.pillar,
-                    op=e.op,
-                    target=e.target,
-                    risk_tier=e.risk_tier,
-                    rationale=e.rationale,
-                )
-                tally.acknowledged += 1
-            except SessionStoreError as err:
-                tally.failed(err)
-            tally.latency(time.monotonic() - started)
+        e = data.EDIT
+        with timed_pipeline(client, tally) as pipe:
+            for sid, eid, n in _edit_ids(spec, stop):
+                tally.attempted += 1
+                pipe.save_outcome(
+                    sid, data.outcome(eid, n), pillar=e.pillar, op=e.op, target=e.target,
+                    risk_tier=e.risk_tier, rationale=e.rationale,
+                )  # fmt: skip
     finally:
         client.close()
 

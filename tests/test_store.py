@@ -1151,3 +1151,36 @@ def test_non_finite_numbers_are_refused_and_change_nothing(
     with pytest.raises(InvalidRecord, match="not a finite number"):
         store.save_session(session)
     assert store.list_sessions() == []
+
+
+def test_large_outcome_batches_give_the_same_results_as_one_by_one(
+    store: SessionStore, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    """Batches of SET_WISE_MIN+ outcome saves take a set-wise path; its answers must match."""
+    a, b = make_session(), make_session()
+    store.apply_batch([SessionWrite(a), SessionWrite(b)])
+    first = [OutcomeWrite(a.id, make_outcome(), OUTCOME_EDIT, f"r{i}") for i in range(20)]
+    assert [r.ok and not r.duplicate for r in store.apply_batch(first)] == [True] * 20
+
+    # half resent (applied before), half new, across two sessions: duplicates flagged, stored once
+    second = first[:10] + [
+        OutcomeWrite(b.id, make_outcome(), OUTCOME_EDIT, f"n{i}") for i in range(10)
+    ]
+    results = store.apply_batch(second)
+    assert [r.duplicate for r in results] == [True] * 10 + [False] * 10
+    assert [o.edit_id for o in store.list_outcomes(a.id)] == [w.outcome.edit_id for w in first]
+    assert len(store.list_outcomes(b.id)) == 10
+
+    # one save for an unknown session in a large batch: it fails alone, by name
+    mixed = [OutcomeWrite(a.id, make_outcome(), OUTCOME_EDIT, f"m{i}") for i in range(20)]
+    mixed[7] = OutcomeWrite("ghost", make_outcome(), OUTCOME_EDIT, "m-ghost")
+    results = store.apply_batch(mixed)
+    assert [r.ok for r in results] == [i != 7 for i in range(20)]
+    assert isinstance(results[7].error, UnknownSession) and "ghost" in str(results[7].error)
+
+    # the same id twice in one batch: stored once, the second flagged duplicate
+    twice = [OutcomeWrite(a.id, make_outcome(), OUTCOME_EDIT, f"t{i}") for i in range(20)]
+    twice[5] = OutcomeWrite(a.id, make_outcome(), OUTCOME_EDIT, "t4")
+    results = store.apply_batch(twice)
+    assert results[5].duplicate and not results[4].duplicate
+    assert len(store.list_outcomes(a.id)) == 20 + 19 + 19

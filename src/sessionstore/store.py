@@ -90,6 +90,8 @@ class WriteResult:
     error: SessionStoreError | None = None
 
 
+# Batches at least this big take the set-wise path (see _apply_outcomes_together).
+SET_WISE_MIN = 16
 # What refuses a single write (it fails alone); any other sqlite3.Error fails the batch.
 _REFUSALS = (SessionStoreError, sqlite3.IntegrityError, ValueError, OverflowError, RecursionError)
 
@@ -312,13 +314,62 @@ class SessionStore:
         conn = self._conn
         conn.execute("SAVEPOINT batch")
         try:
-            duplicates = [self._apply_one(write) for write in writes]
+            duplicates = self._apply_outcomes_together(writes)
+            if duplicates is None:
+                duplicates = [self._apply_one(write) for write in writes]
         except _REFUSALS:
             conn.execute("ROLLBACK TO batch")
             conn.execute("RELEASE batch")
             return [self._apply_in_savepoint(write) for write in writes]
         conn.execute("RELEASE batch")
         return [WriteResult(ok=True, duplicate=duplicate) for duplicate in duplicates]
+
+    def _apply_outcomes_together(self, writes: Sequence[Write]) -> list[bool] | None:
+        """The pipeline's case, a batch of outcome saves only, in a few set-wise statements.
+
+        One lookup of the ids already applied, one of the sessions, then ``executemany``
+        inserts: per save, two statement executions fewer than :meth:`_apply_one` and
+        no Python round trip per statement. Returns None (apply one by one) for any
+        batch it would not answer exactly like that path: session saves, an id twice,
+        or a session the index does not hold (whose refusal must name the save), and
+        small batches, where the extra lookups cost more than they save (a direct
+        ``save_outcome`` would get slower).
+        """
+        if len(writes) < SET_WISE_MIN or not all(type(w) is OutcomeWrite for w in writes):
+            return None
+        outcome_writes: list[OutcomeWrite] = writes  # type: ignore[assignment]
+        ids = [w.request_id for w in outcome_writes if w.request_id is not None]
+        if len(set(ids)) != len(ids):
+            return None
+        seen = self._existing("applied_requests", "request_id", ids)
+        if self._existing("learning_sessions", "id", {w.session_id for w in outcome_writes}) != {
+            w.session_id for w in outcome_writes
+        }:
+            return None
+        fresh = [w for w in outcome_writes if w.request_id not in seen]
+        now = time.time()
+        conn = self._conn
+        conn.executemany(
+            "INSERT INTO applied_requests (request_id, op, applied_at) VALUES (?, 'save_outcome', ?)",
+            [(w.request_id, now) for w in fresh if w.request_id is not None],
+        )
+        conn.executemany(
+            _INSERT_OUTCOME, [outcome_row(w.session_id, w.outcome, w.edit) for w in fresh]
+        )
+        return [w.request_id in seen for w in outcome_writes]
+
+    def _existing(self, table: str, column: str, keys: Iterable[str | None]) -> set[str]:
+        """Which of ``keys`` are present in ``table.column`` (chunked under SQLite's limit)."""
+        wanted = [k for k in keys if k is not None]
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT {column} FROM {table} WHERE {column} IN ({marks})", chunk
+            )
+            found.update(row[0] for row in rows)
+        return found
 
     def _apply_single(self, write: Write) -> None:
         result = self.apply_batch([write])[0]

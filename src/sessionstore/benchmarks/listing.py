@@ -21,74 +21,47 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from sessionstore import schema
+from sessionstore.benchmarks import data
 from sessionstore.models import (
-    AutonomyMode,
     BenchmarkSnapshot,
     EditOutcome,
     LearningSession,
     SessionStatus,
-    TriggerKind,
 )
-from sessionstore.records import OutcomeEdit
 from sessionstore.store import OutcomeWrite, SessionStore, SessionWrite, Write
 
 DB_NAME = "bench-listing.db"
 REPEATS = 3
 WRITES_PER_BATCH = 1000
 
-_EDIT = OutcomeEdit(
-    pillar="agent",
-    op="patch_system_prompt",
-    target="agents.simple.system_prompt",
-    risk_tier="auto",
-    rationale="teacher traces decompose the problem first",
-)
 _STATUSES = ("applied", "rejected_by_gate", "pending_review", "skipped")
 
 
 def _writes(sessions: int, outcomes_per_session: int) -> Iterator[Write]:
-    start = datetime(2026, 1, 1, tzinfo=UTC)
+    """Finished sessions (benchmark_after, ended_at, post checkpoint) and their outcomes."""
     for n in range(sessions):
-        session_id = f"bench-{n:06d}"
-        started = start + timedelta(minutes=n)
+        base = data.session(f"bench-{n:06d}", n)
+        started = base.started_at
         yield SessionWrite(
-            LearningSession(
-                id=session_id,
-                trigger=TriggerKind.SCHEDULED,
-                trigger_metadata={"cron": "0 3 * * *", "run": n},
-                status=SessionStatus.COMPLETED,
-                autonomy_mode=AutonomyMode.TIERED,
-                started_at=started,
-                ended_at=started + timedelta(seconds=40),
-                diagnosis_path=Path(f"sessions/{session_id}/diagnosis.md"),
-                plan_path=Path(f"sessions/{session_id}/plan.json"),
-                benchmark_before=BenchmarkSnapshot(
-                    benchmark_version="bench-v1",
-                    overall_score=0.6,
-                    cluster_scores={"math": 0.5, "code": 0.7},
-                    task_count=100,
-                    elapsed_seconds=30.0,
-                ),
-                benchmark_after=BenchmarkSnapshot(
-                    benchmark_version="bench-v1",
-                    overall_score=0.65,
-                    cluster_scores={"math": 0.55, "code": 0.7},
-                    task_count=100,
-                    elapsed_seconds=29.0,
-                ),
-                git_checkpoint_pre=f"{n:040x}",
-                git_checkpoint_post=f"{n + 1:040x}",
-                teacher_cost_usd=0.5,
+            base.model_copy(
+                update={
+                    "status": SessionStatus.COMPLETED,
+                    "ended_at": started + timedelta(seconds=40),
+                    "benchmark_after": base.benchmark_before.model_copy(
+                        update={"overall_score": 0.65, "elapsed_seconds": 29.0}
+                    ),
+                    "git_checkpoint_post": f"{n + 1:040x}",
+                }
             )
         )
         for k in range(outcomes_per_session):
             yield OutcomeWrite(
-                session_id,
+                base.id,
                 EditOutcome(
                     edit_id=f"e{k}",
                     status=_STATUSES[k % len(_STATUSES)],  # type: ignore[arg-type]
@@ -96,7 +69,7 @@ def _writes(sessions: int, outcomes_per_session: int) -> Iterator[Write]:
                     cluster_deltas={"math": 0.01, "code": -0.002},
                     applied_at=started + timedelta(seconds=10 + k),
                 ),
-                _EDIT,
+                data.EDIT,
             )
 
 

@@ -13,6 +13,7 @@ import os
 import signal
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -51,7 +52,9 @@ class Heartbeat:
     feeding it and systemd restarts the daemon.
     """
 
-    def __init__(self, notifier: Notifier, loop_stats_summary, status_interval: float) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self, notifier: Notifier, loop_stats_summary: Callable[[], str], status_interval: float
+    ) -> None:
         self._notifier = notifier
         self._summary = loop_stats_summary
         self._watchdog_every = notifier.watchdog_interval()

@@ -287,7 +287,8 @@ class IngestLoop:
 
     def _reply_to_save(self, identity: bytes, request_id: str, result: WriteResult) -> None:
         if result.ok:
-            self._settle(request_id, result)
+            self.stats.applied += 1
+            self.stats.duplicates += result.duplicate
             self._send(identity, protocol.encode_ack(request_id, duplicate=result.duplicate))
         else:
             assert result.error is not None

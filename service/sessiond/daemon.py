@@ -158,6 +158,8 @@ def _serve_locked(settings: Settings) -> int:
         context.term()
         store.close()
         notifier.close()
+        if socket_path is not None:
+            socket_path.unlink(missing_ok=True)  # leave no stale socket file behind
     log.info("sessiond %d stopped: %s", os.getpid(), loop.stats.summary())
     return 0
 

@@ -833,7 +833,6 @@ def _write_attempts(
         "save_outcome": lambda s: s.save_outcome(session.id, outcome, **EDIT),
         "apply_batch": lambda s: s.apply_batch([SessionWrite(session)]),
         "record_file_states": lambda s: s.record_file_states([("a/session.json", 1, 2, "x")]),
-        "forget_file_states": lambda s: s.forget_file_states(),
         "prune_applied_requests": lambda s: s.prune_applied_requests(0.0),
     }
 
@@ -878,7 +877,7 @@ def test_readonly_store_refuses_every_write_and_leaves_the_file_unchanged(
         for name, attempt in attempts.items():
             with pytest.raises(ReadOnlyStore, match=name):
                 attempt(reader)
-        assert len(attempts) == 6
+        assert len(attempts) == 5
     finally:
         reader.close()
 

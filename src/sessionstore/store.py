@@ -330,12 +330,6 @@ class SessionStore:
                 [(*state, now) for state in states],
             )
 
-    def forget_file_states(self) -> None:
-        """Make the next reconcile re-parse every file."""
-        self._require_writable("forget_file_states")
-        with self._lock:
-            self._write_many("DELETE FROM reconcile_files", [()])
-
     def prune_applied_requests(self, older_than_seconds: float) -> int:
         """Forget request ids applied longer ago than this; returns how many went."""
         self._require_writable("prune_applied_requests")

@@ -65,7 +65,13 @@ class Settings(BaseSettings):
         description="SQLite synchronous level: full survives power loss; normal may lose "
         "the last commits on power loss (never on a process crash).",
     )
-    batch_max: int = Field(default=512, ge=1, le=100_000, description="Most saves per commit.")
+    batch_max: int = Field(
+        default=512,
+        ge=1,
+        le=100_000,
+        description="Most requests drained into one commit (a save_batch request of up to "
+        "1000 saves counts as one).",
+    )
     batch_wait_ms: float = Field(
         default=0.0,
         ge=0,

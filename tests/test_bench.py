@@ -26,6 +26,8 @@ SMALL_RUN = [
     "--saves", "20",
     "--reconcile-files", "50",
     "--lock-seconds", "0.5",
+    "--listing-sessions", "20",
+    "--listing-outcomes", "3",
 ]  # fmt: skip
 
 WRITER_FIELDS = {
@@ -128,6 +130,11 @@ def test_bench_reports_every_scenario_with_every_field(tmp_path: Path) -> None:
     reconcile = contention["daemon_under_reconcile"]["reconcile"]
     assert reconcile["files"] == 50 and {"ok", "failed", "seconds"} <= set(reconcile)
 
+    listing = scenarios["listing"]
+    assert listing["sessions"] == 20 and listing["outcomes"] == 60
+    assert listing["speedup"] > 0 and listing["speedup_ceiling"] > 0
+    assert report["targets"]["listing_batched_vs_per_session"]["want"] == ">= 5"
+
     assert set(report["ratios"]) == {
         "daemon_sync_vs_direct",
         "daemon_pipelined_vs_direct",
@@ -162,6 +169,7 @@ def test_rss_scenario_reports_memory_after_both_phases(tmp_path: Path) -> None:
         (["--saves", "-5"], "invalid --saves -5: must be at least 1"),
         (["--lock-seconds", "0"], "invalid --lock-seconds 0: must be greater than 0"),
         (["--reconcile-files", "0"], "invalid --reconcile-files 0"),
+        (["--listing-sessions", "0"], "invalid --listing-sessions 0: must be at least 1"),
         (["--scenarios", "direct,warp"], "invalid --scenarios 'direct,warp': choose from"),
         (["--address", "ipc:///tmp/x.sock"], "drop --address"),
     ],
@@ -194,3 +202,21 @@ def test_invalid_option_through_the_command_exits_non_zero(tmp_path: Path) -> No
     assert done.stderr.strip() == (
         "sessionstore bench: error: invalid --processes 0: must be at least 1"
     )
+
+
+def test_listing_alone_prints_its_line_and_target_without_an_empty_table(tmp_path: Path) -> None:
+    env = {**os.environ, "OPENJARVIS_HOME": str(tmp_path / "home"), "SESSIONSTORE_CONFIG": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "sessionstore", "bench", "--scenarios", "listing",
+         "--listing-sessions", "12", "--listing-outcomes", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "listing 12 sessions x 2 outcomes: list_sessions" in done.stdout
+    assert "target listing_batched_vs_per_session:" in done.stdout
+    assert "saves/s" not in done.stdout  # no writer scenario ran, so no writers' table
+    assert not list(tmp_path.glob("sessionstore-bench-*")), "work directory left behind"

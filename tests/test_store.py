@@ -20,7 +20,11 @@ import pytest
 from pydantic_core import from_json
 
 from sessionstore import schema
-from sessionstore.benchmarks.listing import bench_listing
+from sessionstore.benchmarks.listing import (
+    bench_listing,
+    list_sessions_per_session,
+    list_sessions_unvalidated,
+)
 from sessionstore.errors import (
     InvalidRecord,
     ReadOnlyStore,
@@ -452,6 +456,7 @@ def test_corrupt_outcome_row_is_refused_by_its_edit_id_on_every_read(
         ("status", "exploded"),
         ("trigger_metadata", "[1"),
         ("benchmark_before", "{}"),
+        ("benchmark_after", "{not json"),
         ("started_at", "not a time"),
         ("teacher_cost_usd", -1.0),
     ],
@@ -1126,13 +1131,47 @@ def test_bench_listing_returns_well_formed_numbers(tmp_path: Path) -> None:
         "outcomes",
         "batched_seconds",
         "per_session_seconds",
+        "rows_seconds",
+        "unvalidated_seconds",
         "speedup",
+        "speedup_ceiling",
     }
     assert result["sessions"] == 20
     assert result["outcomes"] == 40
-    for key in ("batched_seconds", "per_session_seconds", "speedup"):
+    for key in set(result) - {"sessions", "outcomes"}:
         assert isinstance(result[key], float)
         assert result[key] > 0
+    assert result["rows_seconds"] < result["unvalidated_seconds"]
+
+
+def test_per_session_and_unvalidated_listings_match_list_sessions(
+    store: SessionStore, db_path: Path, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    """The benchmark's other two ways build exactly what list_sessions returns, odd values too."""
+    parent = make_session()
+    child = make_session(
+        parent_session_id=parent.id,
+        ended_at=parent.started_at,
+        error="boom",
+        trigger_metadata={"nested": {"list": [1, 2.5, None, "x"]}, "big": 2**70},
+    )
+    for session in (parent, child):
+        store.save_session(session)
+        store.save_outcome(session.id, make_outcome(), **EDIT)
+        store.save_outcome(
+            session.id,
+            make_outcome(benchmark_delta=None, applied_at=None, error="gate said no"),
+            **EDIT,
+        )
+    conn = sqlite3.connect(db_path)
+    try:
+        per_session = list_sessions_per_session(conn)
+    finally:
+        conn.close()
+    listed = store.list_sessions()
+    assert len(listed) == 2
+    assert per_session == listed
+    assert list_sessions_unvalidated(store) == listed
 
 
 @pytest.mark.parametrize("where", ["teacher_cost_usd", "benchmark_before", "trigger_metadata"])

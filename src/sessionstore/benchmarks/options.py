@@ -24,9 +24,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--scenarios",
-        default="direct,sync,pipelined,ceiling,contention",
-        help="comma-separated subset of direct, sync, pipelined, ceiling, contention, rss "
-        "(rss, 1M stored outcomes, is not in the default set)",
+        default="direct,sync,pipelined,ceiling,contention,listing",
+        help="comma-separated subset of direct, sync, pipelined, ceiling, contention, listing, "
+        "rss (rss, 1M stored outcomes, is not in the default set)",
     )
     parser.add_argument(
         "--reconcile-files",
@@ -47,4 +47,16 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         default=1_000_000,
         help="outcomes the rss scenario stores; daemon RSS is read after a tenth and after all "
         "(default 1000000)",
+    )
+    parser.add_argument(
+        "--listing-sessions",
+        type=int,
+        default=2000,
+        help="sessions the listing scenario stores and lists (default 2000)",
+    )
+    parser.add_argument(
+        "--listing-outcomes",
+        type=int,
+        default=10,
+        help="outcomes per session in the listing scenario (default 10)",
     )

@@ -210,7 +210,8 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
         row(f"direct vs {lock:g}s lock", c["direct_under_lock"])
         files = c["daemon_under_reconcile"]["reconcile"]["files"]
         row(f"daemon vs reconcile ({files} files)", c["daemon_under_reconcile"])
-    console.print(table)
+    if table.row_count:
+        console.print(table)
     if "contention" in scenarios:
         rec = scenarios["contention"]["daemon_under_reconcile"]["reconcile"]
         outcome = "ok" if rec["ok"] else f"FAILED: {rec.get('error')}"
@@ -224,6 +225,15 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
             f"outcomes, {_mib(r['rss_kib_after_total'])} MiB after {r['outcomes_total']:,} "
             f"(ratio {r['rss_ratio']:.3f}; peak {_mib(r['peak_rss_kib'])} MiB; "
             f"{r['saves_failed']} failed)"
+        )
+    if "listing" in scenarios:
+        li = scenarios["listing"]
+        console.print(
+            f"listing {li['sessions']:,} sessions x {li['outcomes'] // max(li['sessions'], 1)} "
+            f"outcomes: list_sessions {li['batched_seconds'] * 1000:.1f} ms, one query per "
+            f"session {li['per_session_seconds'] * 1000:.1f} ms ({li['speedup']:.2f}x); "
+            f"floor: rows alone {li['rows_seconds'] * 1000:.1f} ms, rows + unvalidated objects "
+            f"{li['unvalidated_seconds'] * 1000:.1f} ms (ceiling {li['speedup_ceiling']:.2f}x)"
         )
     ratios = {k: v for k, v in report["ratios"].items() if v is not None}
     if ratios:

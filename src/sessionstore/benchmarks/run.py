@@ -13,6 +13,10 @@ Scenarios (each on a fresh index in its own directory of the work dir):
   transaction for ``--lock-seconds`` (twice); (b) sync writers while the daemon
   reconciles ``--reconcile-files`` session.json files it is asked to reconcile
   at the start line;
+* ``listing``: in one process, ``list_sessions()`` of ``--listing-sessions``
+  sessions with ``--listing-outcomes`` outcomes each, against the original's one
+  query per session, with the floor any Python listing has (see
+  :mod:`sessionstore.benchmarks.listing`);
 * ``rss`` (only when asked for): daemon RSS after a tenth of ``--rss-outcomes``
   pipelined outcomes and after all of them.
 
@@ -54,6 +58,7 @@ TARGETS = {
     "daemon_sync_p99_ms": ("sync_p99", "<=", 5.0),
     "contention_daemon_failed_saves": ("contention_failed", "==", 0),
     "rss_ratio_total_vs_first": ("rss_ratio", "<=", 1.2),
+    "listing_batched_vs_per_session": ("listing speedup", ">=", 5.0),
 }
 
 
@@ -72,6 +77,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     at_least("reconcile-files", args.reconcile_files, 1)
     at_least("lock-seconds", args.lock_seconds, 0, strict=True)
     at_least("rss-outcomes", args.rss_outcomes, 10)
+    at_least("listing-sessions", args.listing_sessions, 1)
+    at_least("listing-outcomes", args.listing_outcomes, 0)
     at_least("timeout", args.timeout, 0, strict=True)
     names = [n.strip() for n in str(args.scenarios).split(",") if n.strip()]
     unknown = [n for n in names if n not in ALL_SCENARIOS]
@@ -89,6 +96,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         lock_seconds=args.lock_seconds,
         client_timeout=args.timeout,
         rss_outcomes=args.rss_outcomes,
+        listing_sessions=args.listing_sessions,
+        listing_outcomes=args.listing_outcomes,
         config=args.config,
     )
 
@@ -130,6 +139,8 @@ def run_bench(opts: BenchOptions, workdir: Path, progress: Any = None) -> dict[s
             "client_timeout_seconds": opts.client_timeout,
             "ceiling_batch": opts.ceiling_batch,
             "rss_outcomes": opts.rss_outcomes,
+            "listing_sessions": opts.listing_sessions,
+            "listing_outcomes_per_session": opts.listing_outcomes,
             "daemon_batch_max": daemon_settings.batch_max,
             "daemon_batch_wait_ms": daemon_settings.batch_wait_ms,
             "client_max_in_flight": daemon_settings.max_in_flight,
@@ -179,6 +190,9 @@ def targets(scenarios: dict[str, Any], ratio: dict[str, float | None]) -> dict[s
         else None,
         "contention_daemon_failed_saves": None,
         "rss_ratio_total_vs_first": scenarios["rss"]["rss_ratio"] if "rss" in scenarios else None,
+        "listing_batched_vs_per_session": round(scenarios["listing"]["speedup"], 2)
+        if "listing" in scenarios
+        else None,
     }
     if "contention" in scenarios:
         daemon = scenarios["contention"]["daemon_under_reconcile"]

@@ -21,13 +21,14 @@ from sessionstore.benchmarks.harness import (
     WorkerGroup,
     latency_summary,
 )
+from sessionstore.benchmarks.listing import bench_listing
 from sessionstore.benchmarks.workers import WorkerKind, WorkerSpec, hold_write_lock
 from sessionstore.client import SessionStoreClient
 from sessionstore.errors import SessionStoreError
 from sessionstore.store import Durability, SessionStore
 
-ALL_SCENARIOS = ("direct", "sync", "pipelined", "ceiling", "contention", "rss")
-DEFAULT_SCENARIOS = ("direct", "sync", "pipelined", "ceiling", "contention")
+ALL_SCENARIOS = ("direct", "sync", "pipelined", "ceiling", "contention", "listing", "rss")
+DEFAULT_SCENARIOS = ("direct", "sync", "pipelined", "ceiling", "contention", "listing")
 CONTENTION_CYCLES = 2
 """Lock-hold cycles of the contention scenario's other writer."""
 MAX_RELEASE_SECONDS = 1.0
@@ -53,6 +54,8 @@ class BenchOptions:
     lock_seconds: float = 2.0
     client_timeout: float = 10.0
     rss_outcomes: int = 1_000_000
+    listing_sessions: int = 2000
+    listing_outcomes: int = 10
     busy_timeout: float = 5.0
     """The direct writers' SQLite busy timeout: SessionStore's default."""
     ceiling_batch: int = 1000
@@ -351,11 +354,24 @@ def rss(opts: BenchOptions, root: Path, progress: Progress) -> dict[str, Any]:
     }
 
 
+def listing(opts: BenchOptions, root: Path, progress: Progress) -> dict[str, Any]:
+    """``list_sessions()`` against one query per session (see :mod:`.listing`), in process."""
+    progress(
+        f"listing: {opts.listing_sessions} sessions x {opts.listing_outcomes} outcomes, "
+        "two queries vs one per session"
+    )
+    result = bench_listing(root, opts.listing_sessions, opts.listing_outcomes)
+    return {
+        key: round(value, 6) if isinstance(value, float) else value for key, value in result.items()
+    }
+
+
 RUNNERS: dict[str, Callable[[BenchOptions, Path, Progress], dict[str, Any]]] = {
     "direct": direct,
     "sync": daemon_writers("sync"),
     "pipelined": daemon_writers("pipelined"),
     "ceiling": ceiling,
     "contention": contention,
+    "listing": listing,
     "rss": rss,
 }

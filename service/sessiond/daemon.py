@@ -119,6 +119,7 @@ def _serve_locked(settings: Settings) -> int:
         idle_poll_ms=heartbeat.poll_ms,
         on_stopping=notifier.stopping,
     )
+    loop.start_readers()
     auth = loop.enable_curve() if settings.curve_secret_key is not None else None
     try:
         loop.bind()

@@ -3,8 +3,10 @@
 Each turn drains the requests waiting on the ROUTER socket (at most
 ``batch_max``, waiting at most ``batch_wait_ms`` for more), applies every save in
 one transaction through :meth:`SessionStore.apply_batch`, commits, and only then
-replies — an ack before COMMIT would promise durability we do not have. Queries
-are answered after the batch, so a client that saved and then asks sees its save.
+replies — an ack before COMMIT would promise durability we do not have. Reads
+(get_session, list_sessions, list_outcomes) go to reader threads with their own
+read-only connections (:mod:`sessiond.queries`), handed over after the batch, so a
+client that saved and then asks sees its save; the loop sends their replies.
 Maintenance work (checkpoint, reconcile, integrity) arrives as :class:`Task`
 generators from other threads and runs here, one slice per turn, between batches.
 """
@@ -27,11 +29,13 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from sessiond.logs import RateLimited
+from sessiond.queries import READ_OPS, Readers, reply
 from sessiond.security import enable_curve
 from sessiond.stats import IngestStats
 from sessionstore import protocol
 from sessionstore.config import Settings
 from sessionstore.errors import (
+    DaemonUnavailable,
     InternalError,
     MalformedRequest,
     SessionStoreError,
@@ -47,6 +51,8 @@ Steps = Generator[None, None, Any]
 # keeps sending cannot hold the daemon up past systemd's stop timeout.
 SHUTDOWN_DRAIN_SECONDS = 10.0
 IDLE_POLL_MS = 1000
+QUERY_QUEUE_MAX = 256
+"""Reads waiting for a reader thread at most; more are refused as ``unavailable``."""
 
 
 @dataclass(eq=False)
@@ -82,6 +88,7 @@ class IngestLoop:
         os.set_blocking(self._wake_w, False)
         self._stopping = False
         self._reject_log = RateLimited(log.warning)
+        self._readers: Readers | None = None
         self.idle = True
 
     # -- lifecycle (called from the main thread) -------------------------------
@@ -114,6 +121,15 @@ class IngestLoop:
         """Require CURVE keys from clients (see :mod:`sessiond.security`); before :meth:`bind`."""
         return enable_curve(self._context, self._router, self.settings)
 
+    def start_readers(self) -> None:
+        """Open ``query_threads`` read-only connections and start their threads (0: none,
+        the loop answers reads itself)."""
+        if self.settings.query_threads > 0:
+            self._readers = Readers(
+                self.settings.index_path, self.settings.query_threads, QUERY_QUEUE_MAX, self._wake
+            )
+            self._readers.start()
+
     def request_stop(self) -> None:
         """Ask the loop to drain and return; safe from a signal handler or another thread."""
         self._stopping = True
@@ -144,6 +160,7 @@ class IngestLoop:
             events = dict(poller.poll(timeout))
             if self._wake_r in events:
                 self._take_tasks()
+                self._send_answers()
             self.idle = self._router not in events
             if not self.idle:
                 self._serve_batch()
@@ -157,6 +174,7 @@ class IngestLoop:
         self._reject_log.flush()
 
     def close(self) -> None:
+        self._close_readers()
         self._router.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -177,12 +195,41 @@ class IngestLoop:
         deadline = time.monotonic() + SHUTDOWN_DRAIN_SECONDS
         while time.monotonic() < deadline and self._router.poll(0, zmq.POLLIN):
             self._serve_batch()
+        self._await_answers(deadline)
         self._take_tasks()
         for task in self._running:
             if task.steps is not None:
                 task.steps.close()
             task.future.set_exception(ShuttingDown(f"{task.name}: sessiond is shutting down"))
         self._running.clear()
+
+    def _await_answers(self, deadline: float) -> None:
+        """Send the replies of reads still with the readers, until they are done or time is up."""
+        readers = self._readers
+        if readers is None:
+            return
+        self._send_answers()
+        while readers.pending and time.monotonic() < deadline:
+            remaining_ms = math.ceil((deadline - time.monotonic()) * 1000)
+            if zmq.select([self._wake_r], [], [], max(remaining_ms, 1) / 1000)[0]:
+                self._take_tasks()
+            self._send_answers()
+        if readers.pending:
+            log.warning("%d read(s) unanswered at shutdown", readers.pending)
+        self._close_readers()  # before the final checkpoint, which their connections could block
+
+    def _close_readers(self) -> None:
+        if self._readers is not None:
+            self._readers.close(timeout=SHUTDOWN_DRAIN_SECONDS)
+            self._readers = None
+
+    def _send_answers(self) -> None:
+        if self._readers is None:
+            return
+        for done in self._readers.answers():
+            if done.error is not None:
+                self._count_rejection(done.request_id, done.error)
+            self._send(done.identity, done.payload)
 
     # -- one turn --------------------------------------------------------------------
 
@@ -295,6 +342,16 @@ class IngestLoop:
             self._reject(identity, request_id, result.error)
 
     def _answer(self, identity: bytes, request: protocol.Request) -> None:
+        if self._readers is not None and request.op in READ_OPS:
+            if not self._readers.submit(identity, request):
+                self._reject(
+                    identity,
+                    request.id,
+                    DaemonUnavailable(
+                        f"sessiond is busy: {QUERY_QUEUE_MAX} reads already waiting; retry later"
+                    ),
+                )
+            return
         try:
             result = self._query(identity, request)
         except SessionStoreError as err:
@@ -306,25 +363,20 @@ class IngestLoop:
             return
         if isinstance(result, Task):
             self._start_admin_task(identity, request, result)
+        elif isinstance(result, bytes):  # a read's reply, encoded already
+            self._send(identity, result)
         else:
             self._send(identity, protocol.encode_ok(request.id, result))
 
     def _query(self, identity: bytes, request: protocol.Request) -> Any:
-        params, store = request.params, self.store
-        if request.op == "get_session":
-            session = store.get_session(params["session_id"])
-            return None if session is None else session.model_dump(mode="json")
-        if request.op == "list_sessions":
-            sessions = store.list_sessions(params["status"], params["limit"])
-            return [s.model_dump(mode="json") for s in sessions]
-        if request.op == "list_outcomes":
-            return [o.model_dump(mode="json") for o in store.list_outcomes(params["session_id"])]
+        if request.op in READ_OPS:
+            return reply(self.store, request)
         if request.op == "status":
             return self.status()
         handler = self._admin.get(request.op)
         if handler is None:
             raise MalformedRequest(f"op: {request.op!r} is not served by this daemon")
-        return handler(params)
+        return handler(request.params)
 
     def _start_admin_task(self, identity: bytes, request: protocol.Request, task: Task) -> None:
         """Run an on-demand job through the slice machinery; reply when it finishes."""
@@ -381,6 +433,7 @@ class IngestLoop:
         report["address"] = self.settings.endpoint
         report["db_path"] = str(self.settings.index_path)
         report["tasks_pending"] = len(self._running) + self._tasks.qsize()
+        report["reads_pending"] = 0 if self._readers is None else self._readers.pending
         for name, handler in self._admin.items():
             if name.startswith("status:"):
                 report[name.split(":", 1)[1]] = handler({})

@@ -39,7 +39,8 @@ from sessionstore.records import checked_id
 # that a busy daemon is not flooded with copies, short enough to ride out a restart.
 RETRY_FIRST = 1.0
 RETRY_MAX = 4.0
-_RETRYABLE = (ShuttingDown,)
+_RETRYABLE = (ShuttingDown, DaemonUnavailable)
+"""Refusals that mean "not now": retried with back-off until the call's deadline."""
 
 
 @dataclass(slots=True)

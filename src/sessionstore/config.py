@@ -95,6 +95,14 @@ class Settings(BaseSettings):
     high_water_mark: int = Field(
         default=1000, ge=1, description="ZeroMQ send/receive high-water mark (messages)."
     )
+    query_threads: int = Field(
+        default=2,
+        ge=0,
+        le=64,
+        description="Reader threads answering get_session / list_sessions / list_outcomes "
+        "on their own read-only connections, so a big listing does not hold up saves; 0 "
+        "answers reads on the loop thread.",
+    )
     client_timeout: float = Field(
         default=30.0, gt=0, description="Seconds one client call may take, retries included."
     )

@@ -350,6 +350,12 @@ def encode_ok(request_id: str | None, result: Any = None, *, duplicate: bool = F
     return json.dumps(reply, separators=(",", ":")).encode()
 
 
+def encode_ok_json(request_id: str | None, result_json: bytes) -> bytes:
+    """:func:`encode_ok` around a result that is JSON already (a read's records)."""
+    head = f'{{"v":{VERSION},"id":{json.dumps(request_id)},"ok":true,"result":'
+    return head.encode() + result_json + b"}"
+
+
 def encode_error(request_id: str | None, err: SessionStoreError) -> bytes:
     reply = {
         "v": VERSION,

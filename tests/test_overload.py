@@ -5,15 +5,16 @@ Each client is a forked pool worker pipelining saves through ``SessionStoreClien
 requests and never read a reply, the client that ignores back-pressure, so the
 daemon's memory is held by its high-water marks rather than by polite clients.
 
-Measured on 2 cores: VmRSS is about 45 MiB after start; the polite clients alone
-peak at 55-65 MiB, and 85-90 MiB with the flood below; 50 x 1000 saves at 256 in
-flight each peak at 133 MiB. With the high-water marks removed the same test
-peaks at 370 MiB. The stated bound, 200 MiB, is the baseline plus what the
-high-water marks let queue (50 peers x 1000 messages each way x ~1 KiB) and room.
+Measured on 2 cores: VmRSS is about 45 MiB after start; with the flood below the
+peak was 85-90 MiB with high-water marks of 1000 messages, 72 MiB with the default
+of 32. With the high-water marks removed the same test peaks at 370 MiB. The
+stated bound, 200 MiB, is the baseline plus what the high-water marks let queue
+(peers x 32 messages each way), what one turn decodes (batch_max_bytes) and room.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -25,8 +26,15 @@ from collections.abc import Callable
 import overload_client
 import pytest
 import zmq
-from daemon_helpers import Daemon
-from stress_helpers import duplicated_outcomes, integrity, outcome_ids, vm_rss_kib, wait_until
+from daemon_helpers import EDIT, Daemon, outcome, session
+from stress_helpers import (
+    duplicated_outcomes,
+    integrity,
+    outcome_ids,
+    raw_socket,
+    vm_rss_kib,
+    wait_until,
+)
 
 from sessionstore import SessionStoreClient, protocol
 
@@ -183,4 +191,48 @@ def test_stalled_daemon_gives_clients_timeouts_never_silent_loss(
         f"{sum(r['acked'] for r in reports)} acked in {time.monotonic() - started:.1f}s; "
         f"RSS peak {rss.peak_mib:.0f} MiB"
     )
+    assert rss.peak_mib < RSS_BOUND_MIB
+
+
+BIG_FRAMES = 150
+SAVES_PER_FRAME = 1000
+
+
+@pytest.mark.timeout(180)
+def test_big_save_batch_frames_are_decoded_a_few_at_a_time(
+    daemon_factory: Callable[..., Daemon],
+) -> None:
+    """150 frames of 1000 saves each (~0.9 MB), sent at once by a client with no send limit.
+
+    Counting requests alone, one turn would take all 150 and decode 150,000 saves at
+    once (1.6 GB measured with 600 such frames); batch_max_bytes stops a turn after
+    4 MiB, so memory is the high-water marks' queue plus a few frames' worth.
+    """
+    d = daemon_factory().start()
+    assert d.proc is not None
+    client = SessionStoreClient(d.address, timeout=10)
+    client.save_session(session("big"))
+    rationale = "r" * 600
+    sock = raw_socket(d.address, SNDHWM=0)
+    with RssSampler(d.proc.pid) as rss:
+        for f in range(BIG_FRAMES):
+            saves = [
+                protocol.encode_save_outcome(
+                    protocol.new_request_id(), "big", outcome(f"e{f}-{i}"),
+                    rationale=rationale, **EDIT,
+                )
+                for i in range(SAVES_PER_FRAME)
+            ]  # fmt: skip
+            sock.send(protocol.encode_save_batch(protocol.new_request_id(), saves))
+        replies = []
+        while len(replies) < BIG_FRAMES:
+            assert sock.poll(60_000), f"only {len(replies)} of {BIG_FRAMES} replies"
+            replies.append(json.loads(sock.recv()))
+    sock.close()
+    status = client.status()
+    assert d.stop() == 0
+    assert all(r["ok"] and all(item["ok"] for item in r["result"]) for r in replies)
+    assert status["requests_applied"] == 1 + BIG_FRAMES * SAVES_PER_FRAME
+    assert status["largest_batch"] <= 6 * SAVES_PER_FRAME  # 4 MiB: five frames, and one more
+    print(f"big frames: RSS peak {rss.peak_mib:.0f} MiB, largest batch {status['largest_batch']}")
     assert rss.peak_mib < RSS_BOUND_MIB

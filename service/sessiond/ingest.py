@@ -234,13 +234,17 @@ class IngestLoop:
     # -- one turn --------------------------------------------------------------------
 
     def _receive(self) -> list[list[bytes]]:
-        """Drain up to batch_max waiting messages, waiting briefly for more to group them."""
+        """Drain up to batch_max waiting messages (and batch_max_bytes: a save_batch frame
+        carries up to 1000 saves, so a count alone would let one turn decode hundreds of
+        thousands), waiting briefly for more to group them."""
         messages: list[list[bytes]] = []
-        batch_max = self.settings.batch_max
+        batch_max, budget = self.settings.batch_max, self.settings.batch_max_bytes
         wait_until = time.monotonic() + self.settings.batch_wait_ms / 1000
-        while len(messages) < batch_max:
+        while len(messages) < batch_max and budget > 0:
             try:
-                messages.append(self._router.recv_multipart(zmq.NOBLOCK))
+                frames = self._router.recv_multipart(zmq.NOBLOCK)
+                messages.append(frames)
+                budget -= sum(len(frame) for frame in frames)
             except zmq.Again:
                 remaining_ms = (wait_until - time.monotonic()) * 1000
                 # zmq polls in whole milliseconds and truncates: round up, or a wait

@@ -72,6 +72,13 @@ class Settings(BaseSettings):
         description="Most requests drained into one commit (a save_batch request of up to "
         "1000 saves counts as one).",
     )
+    batch_max_bytes: int = Field(
+        default=4 << 20,
+        ge=1,
+        le=1 << 30,
+        description="Most request bytes drained into one commit (at least one request is "
+        "taken): bounds what one turn decodes, whatever the requests carry.",
+    )
     batch_wait_ms: float = Field(
         default=0.0,
         ge=0,
@@ -93,7 +100,10 @@ class Settings(BaseSettings):
         "daemon's group; connecting needs write permission).",
     )
     high_water_mark: int = Field(
-        default=1000, ge=1, description="ZeroMQ send/receive high-water mark (messages)."
+        default=32,
+        ge=1,
+        description="ZeroMQ send/receive high-water mark, in messages per connection: a "
+        "connection holds at most this many frames of up to max_message_bytes queued.",
     )
     query_threads: int = Field(
         default=2,

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import queue
+import threading
 import time
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
@@ -57,12 +58,18 @@ QUERY_QUEUE_MAX = 256
 
 @dataclass(eq=False)
 class Task:
-    """Maintenance work for the loop: ``steps`` yields after each slice, returns the result."""
+    """Maintenance work for the loop: ``steps`` yields after each slice, returns the result.
+
+    A task with ``off_loop`` instead runs that callable on a thread of its own: work
+    that needs no write connection (an integrity check on a read-only one) and cannot
+    be sliced. Its future is still settled on the loop, where replies are sent.
+    """
 
     name: str
-    make_steps: Callable[[], Steps]
+    make_steps: Callable[[], Steps] | None
     future: Future[Any] = field(default_factory=Future)
     steps: Steps | None = None
+    off_loop: Callable[[], Any] | None = None
 
 
 class IngestLoop:
@@ -83,12 +90,22 @@ class IngestLoop:
         self._router = context.socket(zmq.ROUTER)
         self._tasks: queue.Queue[Task] = queue.Queue()
         self._running: collections.deque[Task] = collections.deque()
+        self._off_loop: set[Task] = set()
+        self._finished: queue.SimpleQueue[tuple[Task, Any, BaseException | None]] = (
+            queue.SimpleQueue()
+        )
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._stopping = False
         self._reject_log = RateLimited(log.warning)
         self._readers: Readers | None = None
+        # Reads and admin jobs still being answered: request id -> who to answer. A
+        # client re-sends a request it has waited on for a second (same id); a resend
+        # that finds its request here is not run again, and the answer goes to the
+        # newest sender (a client that reset its socket has a new identity).
+        self._in_progress: dict[str, bytes] = {}
+        self._submit_lock = threading.Lock()
         self.idle = True
 
     # -- lifecycle (called from the main thread) -------------------------------
@@ -137,10 +154,11 @@ class IngestLoop:
 
     def submit(self, task: Task) -> Future[Any]:
         """Hand maintenance work to the loop; safe from any thread."""
-        if self._stopping:
-            task.future.set_exception(ShuttingDown("sessiond is shutting down"))
-            return task.future
-        self._tasks.put(task)
+        with self._submit_lock:  # see _drain_for_shutdown: no task slips in after its last take
+            if self._stopping:
+                task.future.set_exception(ShuttingDown("sessiond is shutting down"))
+                return task.future
+            self._tasks.put(task)
         self._wake()
         return task.future
 
@@ -187,21 +205,58 @@ class IngestLoop:
             pass
         while True:
             try:
-                self._running.append(self._tasks.get_nowait())
+                self._launch(self._tasks.get_nowait())
+            except queue.Empty:
+                break
+        self._settle_off_loop()
+
+    def _launch(self, task: Task) -> None:
+        if task.off_loop is None:
+            self._running.append(task)
+            return
+        self._off_loop.add(task)
+        threading.Thread(
+            target=self._run_off_loop, args=(task,), name=f"sessiond-{task.name}", daemon=True
+        ).start()
+
+    def _run_off_loop(self, task: Task) -> None:
+        assert task.off_loop is not None
+        try:
+            self._finished.put((task, task.off_loop(), None))
+        except BaseException as err:  # handed to the loop, which settles the future
+            self._finished.put((task, None, err))
+        self._wake()
+
+    def _settle_off_loop(self) -> None:
+        while True:
+            try:
+                task, result, err = self._finished.get_nowait()
             except queue.Empty:
                 return
+            if task not in self._off_loop:
+                continue  # refused at shutdown already
+            self._off_loop.discard(task)
+            if err is None:
+                task.future.set_result(result)
+            else:
+                log.error("%s failed: %s", task.name, err, exc_info=err)
+                task.future.set_exception(err)
 
     def _drain_for_shutdown(self) -> None:
         deadline = time.monotonic() + SHUTDOWN_DRAIN_SECONDS
         while time.monotonic() < deadline and self._router.poll(0, zmq.POLLIN):
             self._serve_batch()
         self._await_answers(deadline)
-        self._take_tasks()
+        with self._submit_lock:  # _stopping is set: once we hold this, nothing more comes
+            self._take_tasks()
         for task in self._running:
             if task.steps is not None:
                 task.steps.close()
             task.future.set_exception(ShuttingDown(f"{task.name}: sessiond is shutting down"))
         self._running.clear()
+        for task in self._off_loop:  # their threads finish on their own; the result is dropped
+            task.future.set_exception(ShuttingDown(f"{task.name}: sessiond is shutting down"))
+        self._off_loop.clear()
 
     def _await_answers(self, deadline: float) -> None:
         """Send the replies of reads still with the readers, until they are done or time is up."""
@@ -229,7 +284,7 @@ class IngestLoop:
         for done in self._readers.answers():
             if done.error is not None:
                 self._count_rejection(done.request_id, done.error)
-            self._send(done.identity, done.payload)
+            self._send(self._in_progress.pop(done.request_id, done.identity), done.payload)
 
     # -- one turn --------------------------------------------------------------------
 
@@ -346,8 +401,14 @@ class IngestLoop:
             self._reject(identity, request_id, result.error)
 
     def _answer(self, identity: bytes, request: protocol.Request) -> None:
+        if request.id in self._in_progress:
+            self._in_progress[request.id] = identity
+            self.stats.resends_in_progress += 1
+            return
         if self._readers is not None and request.op in READ_OPS:
-            if not self._readers.submit(identity, request):
+            if self._readers.submit(identity, request):
+                self._in_progress[request.id] = identity
+            else:
                 self._reject(
                     identity,
                     request.id,
@@ -386,21 +447,24 @@ class IngestLoop:
         """Run an on-demand job through the slice machinery; reply when it finishes."""
 
         def reply(future: Future[Any]) -> None:
+            to = self._in_progress.pop(request.id, identity)
             err = future.exception()
             if err is None:
-                self._send(identity, protocol.encode_ok(request.id, future.result()))
+                self._send(to, protocol.encode_ok(request.id, future.result()))
             elif isinstance(err, SessionStoreError):
-                self._reject(identity, request.id, err)
+                self._reject(to, request.id, err)
             else:
-                self._reject(identity, request.id, InternalError(f"{task.name} failed: {err}"))
+                self._reject(to, request.id, InternalError(f"{task.name} failed: {err}"))
 
+        self._in_progress[request.id] = identity
         task.future.add_done_callback(reply)  # runs on this thread: the loop settles futures
-        self._running.append(task)
+        self._launch(task)
 
     def _run_slice(self) -> None:
         task = self._running[0]
         try:
             if task.steps is None:
+                assert task.make_steps is not None  # off-loop tasks never reach _running
                 task.steps = task.make_steps()
             next(task.steps)
             return
@@ -436,7 +500,7 @@ class IngestLoop:
         report.update(self.store.counts())
         report["address"] = self.settings.endpoint
         report["db_path"] = str(self.settings.index_path)
-        report["tasks_pending"] = len(self._running) + self._tasks.qsize()
+        report["tasks_pending"] = len(self._running) + len(self._off_loop) + self._tasks.qsize()
         report["reads_pending"] = 0 if self._readers is None else self._readers.pending
         for name, handler in self._admin.items():
             if name.startswith("status:"):

@@ -18,6 +18,8 @@ class IngestStats:
     duplicates: int = 0
     rejected: collections.Counter[str] = field(default_factory=collections.Counter)
     replies_dropped: int = 0
+    resends_in_progress: int = 0
+    """Re-sent reads and jobs that found their first copy still running (not run twice)."""
     batches: int = 0
     batched_writes: int = 0
     largest_batch: int = 0
@@ -43,6 +45,7 @@ class IngestStats:
             "requests_duplicate": self.duplicates,
             "requests_rejected": dict(self.rejected),
             "replies_dropped": self.replies_dropped,
+            "resends_in_progress": self.resends_in_progress,
             "batches": self.batches,
             "mean_batch_size": round(self.batched_writes / self.batches, 2)
             if self.batches

@@ -7,16 +7,22 @@ bound by the test plays the daemon and answers exactly as the test says.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+import zmq
 from daemon_helpers import EDIT, outcome, session
 
 from sessionstore import SessionStoreClient
-from sessionstore.errors import PipelineError
+from sessionstore.errors import DaemonUnavailable, PipelineError
 
 
 def test_pipelined_saves_reported_failed_are_not_applied_after_a_restart(daemon_factory) -> None:
@@ -63,3 +69,68 @@ def settles(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def test_retryable_refusal_is_resent_on_the_back_off_schedule_not_at_once() -> None:
+    def refuse(request: dict, earlier: int) -> list[dict]:
+        error = {"code": "shutting_down", "message": "stopping"}
+        return [{"v": 1, "id": request["id"], "ok": False, "error": error}]
+
+    with fake_daemon(refuse) as fake:
+        client = SessionStoreClient(fake.address, timeout=2.5)
+        started = time.monotonic()
+        with pytest.raises(DaemonUnavailable, match="within 2.5s"):
+            client.list_sessions()
+        took = time.monotonic() - started
+        client.close()
+    early = [t for t in fake.received_at if t - started < 1.5]
+    assert 1 <= len(early) <= 2, f"{len(early)} attempts in the first 1.5 s"
+    assert len(fake.received_at) <= 3  # sent at 0 s, 1 s; the next would be at 3 s
+    assert 2.5 <= took < 4.0
+
+
+class FakeDaemon:
+    """What a ROUTER bound by the test received, and where clients reach it."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.requests: list[dict] = []
+        self.received_at: list[float] = []
+
+
+@contextmanager
+def fake_daemon(answer: Callable[[dict, int], list[dict]]) -> Iterator[FakeDaemon]:
+    """A thread serving a ROUTER socket: ``answer(request, earlier attempts)`` -> replies.
+
+    The thread, its socket and its context are gone when the block exits.
+    """
+    sockdir = Path(tempfile.mkdtemp(prefix="ss-"))  # ipc paths are limited to ~107 bytes
+    fake = FakeDaemon(f"ipc://{sockdir}/fake.sock")
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(fake.address)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if not router.poll(50, zmq.POLLIN):
+                continue
+            identity, frame = router.recv_multipart()
+            fake.received_at.append(time.monotonic())
+            request = json.loads(frame)
+            earlier = sum(r["id"] == request["id"] for r in fake.requests)
+            fake.requests.append(request)
+            for reply in answer(request, earlier):
+                router.send_multipart([identity, json.dumps(reply).encode()])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        stop.set()
+        thread.join(5)
+        router.close()
+        context.term()
+        shutil.rmtree(sockdir, ignore_errors=True)

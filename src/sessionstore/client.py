@@ -1,11 +1,12 @@
 """SessionStoreClient: the SessionStore API, served by the ``sessionstore serve`` daemon.
 
 Each call blocks until the daemon has committed (for saves) or answered (for
-queries). A call that gets no reply is re-sent with the *same* request id until
-its ``timeout`` (the total time the call may take) runs out; the daemon remembers
-applied ids in the index, so a retried save is never applied twice, even when the
-daemon restarted in between. One DEALER socket per thread (and per process, so
-the client keeps working in a child after ``fork``).
+queries). A call that gets no reply, or a "not now" refusal, is re-sent with the
+*same* request id 1 s, 2 s, then every 4 s after the previous send, until its
+``timeout`` (the total time the call may take) runs out; any one reply to that id
+answers it. The daemon remembers applied ids in the index, so a retried save is
+never applied twice, even when the daemon restarted in between. One DEALER socket
+per thread (and per process, so the client keeps working in a child after ``fork``).
 """
 
 from __future__ import annotations
@@ -187,13 +188,16 @@ class SessionStoreClient:
             if sock.poll(max(1, int((min(resend_at, deadline) - now) * 1000)), zmq.POLLIN):
                 reply = protocol.decode_reply(sock.recv())
                 if reply.id != rid:
-                    continue  # a late answer to an earlier, abandoned attempt
+                    continue  # a late answer to an earlier call that gave up
                 if reply.ok:
                     return reply.result
                 assert reply.error is not None
                 if not isinstance(reply.error, _RETRYABLE):
                     raise reply.error
-            elif time.monotonic() < resend_at:
+                # "Not now" is no reason to resend at once: that turned a stopping
+                # daemon's refusals into thousands of resends a second.
+                continue
+            if time.monotonic() < resend_at:
                 continue
             retry_after = min(retry_after * 2, self.retry_max)
             resend_at = time.monotonic() + retry_after

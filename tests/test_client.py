@@ -89,6 +89,26 @@ def test_retryable_refusal_is_resent_on_the_back_off_schedule_not_at_once() -> N
     assert 2.5 <= took < 4.0
 
 
+def test_a_reply_to_any_attempt_answers_the_call_and_extra_replies_are_skipped() -> None:
+    first_id: list[str] = []
+
+    def answer_the_resend_twice(request: dict, earlier: int) -> list[dict]:
+        first_id[:1] = first_id or [request["id"]]
+        if request["id"] != first_id[0]:
+            return [{"v": 1, "id": request["id"], "ok": True, "result": None}]
+        if earlier == 0:
+            return []  # the first attempt goes unanswered: the client resends
+        # one reply per attempt, as if the first had only been slow
+        return [{"v": 1, "id": request["id"], "ok": True, "result": []}] * 2
+
+    with fake_daemon(answer_the_resend_twice) as fake:
+        client = SessionStoreClient(fake.address, timeout=10)
+        assert client.list_sessions() == []
+        assert client.get_session("other") is None  # not confused by the spare reply
+        client.close()
+    assert [r["op"] for r in fake.requests] == ["list_sessions"] * 2 + ["get_session"]
+
+
 class FakeDaemon:
     """What a ROUTER bound by the test received, and where clients reach it."""
 

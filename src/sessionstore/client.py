@@ -1,11 +1,12 @@
 """SessionStoreClient: the SessionStore API, served by the ``sessionstore serve`` daemon.
 
 Each call blocks until the daemon has committed (for saves) or answered (for
-queries). A call that gets no reply is re-sent with the *same* request id until
-its ``timeout`` (the total time the call may take) runs out; the daemon remembers
-applied ids in the index, so a retried save is never applied twice, even when the
-daemon restarted in between. One DEALER socket per thread (and per process, so
-the client keeps working in a child after ``fork``).
+queries). A call that gets no reply, or a "not now" refusal, is re-sent with the
+*same* request id 1 s, 2 s, then every 4 s after the previous send, until its
+``timeout`` (the total time the call may take) runs out; any one reply to that id
+answers it. The daemon remembers applied ids in the index, so a retried save is
+never applied twice, even when the daemon restarted in between. One DEALER socket
+per thread (and per process, so the client keeps working in a child after ``fork``).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class SessionStoreClient:
         self._curve = _curve_keys(settings.curve_server_key, settings.curve_client_secret_key)
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._sockets: list[zmq.Socket] = []
+        self._sockets: dict[zmq.Socket, threading.Thread] = {}  # socket -> the thread using it
         self._sockets_pid = os.getpid()
 
     # -- the SessionStore API --------------------------------------------------
@@ -82,7 +83,7 @@ class SessionStoreClient:
             if self._sockets_pid == os.getpid():
                 for sock in self._sockets:
                     sock.close(linger=0)
-            self._sockets = []
+            self._sockets = {}
         self._local.__dict__.clear()
 
     def __enter__(self) -> SessionStoreClient:
@@ -187,13 +188,16 @@ class SessionStoreClient:
             if sock.poll(max(1, int((min(resend_at, deadline) - now) * 1000)), zmq.POLLIN):
                 reply = protocol.decode_reply(sock.recv())
                 if reply.id != rid:
-                    continue  # a late answer to an earlier, abandoned attempt
+                    continue  # a late answer to an earlier call that gave up
                 if reply.ok:
                     return reply.result
                 assert reply.error is not None
                 if not isinstance(reply.error, _RETRYABLE):
                     raise reply.error
-            elif time.monotonic() < resend_at:
+                # "Not now" is no reason to resend at once: that turned a stopping
+                # daemon's refusals into thousands of resends a second.
+                continue
+            if time.monotonic() < resend_at:
                 continue
             retry_after = min(retry_after * 2, self.retry_max)
             resend_at = time.monotonic() + retry_after
@@ -244,12 +248,26 @@ class SessionStoreClient:
         if self._curve is not None:
             sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self._curve
         sock.connect(self.address)
-        with self._lock:
-            if self._sockets_pid != pid:  # forked: the inherited list is the parent's
-                self._sockets, self._sockets_pid = [], pid
-            self._sockets.append(sock)
+        self._register(sock, pid)
         self._local.state = _Thread(pid, sock)
         return sock
+
+    def _register(self, sock: zmq.Socket, pid: int) -> None:
+        """Keep ``sock`` for :meth:`close`, and close the sockets of threads that have ended.
+
+        Without the pruning, every short-lived thread that made one call left a socket
+        (and its descriptors) open until ``close()``: a process starting threads for
+        its calls ran out of file descriptors. A dead thread's socket is used by nobody,
+        so closing it from this thread is safe even though zmq sockets are not.
+        """
+        with self._lock:
+            if self._sockets_pid != pid:  # forked: the inherited sockets are the parent's
+                self._sockets, self._sockets_pid = {}, pid
+            for old, thread in list(self._sockets.items()):
+                if not thread.is_alive():
+                    del self._sockets[old]
+                    old.close(linger=0)
+            self._sockets[sock] = threading.current_thread()
 
     def _reset_socket(self) -> None:
         """Drop this thread's socket so requests queued for a dead peer do not pile up."""
@@ -257,8 +275,7 @@ class SessionStoreClient:
         if state is None or state.pid != os.getpid():
             return
         with self._lock:
-            if state.socket in self._sockets:
-                self._sockets.remove(state.socket)
+            self._sockets.pop(state.socket, None)
         state.socket.close(linger=0)
         del self._local.state
 

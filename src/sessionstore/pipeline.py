@@ -63,7 +63,6 @@ class Pipeline:
         on_settled: Callable[[str, bool], None] | None = None,
     ) -> None:
         self._client = client
-        self._sock = client.socket()
         self._max_in_flight = max_in_flight
         self._frame_items = max(1, min(FRAME_ITEMS, max_in_flight))
         self._frames: dict[str, _Frame] = {}
@@ -210,7 +209,17 @@ class Pipeline:
         if self._on_settled is not None:
             self._on_settled(rid, ok)
 
+    @property
+    def _sock(self) -> zmq.Socket:
+        """The thread's socket, asked for each time: giving up on frames replaces it."""
+        return self._client.socket()
+
     def _fail_all(self, entry: _Frame, err: SessionStoreError) -> None:
+        if isinstance(err, DaemonUnavailable):
+            # The frame may still be queued in the socket; delivered once the daemon is
+            # back, it would apply saves reported failed here (and retried by the caller
+            # under new ids). Frames still in flight are resent on the new socket.
+            self._client._reset_socket()
         for rid, what in list(entry.waiting.items()):
             self.failures.append((what, err))
             self._done(entry, rid, False)

@@ -1,0 +1,184 @@
+"""Reads through the daemon: answered by reader threads, the same as on the loop, bounded.
+
+Every test runs real daemon processes on real index files; requests go over real
+sockets, some through a bare DEALER to control ids and timing exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import zmq
+from daemon_helpers import EDIT, Daemon, outcome, session
+from stress_helpers import raw_socket
+
+from sessionstore import SessionStore, SessionStoreClient, protocol
+from sessionstore.benchmarks.listing import fill
+
+
+def filled_root(root: Path, sessions: int, outcomes_per_session: int) -> Path:
+    """A learning root whose index already holds the listing benchmark's records."""
+    root.mkdir(parents=True)
+    store = SessionStore(root / "distillation.db", durability="normal")
+    try:
+        fill(store, sessions, outcomes_per_session)
+    finally:
+        store.close()
+    return root
+
+
+def odd_records(root: Path) -> Path:
+    """A few sessions with parents, errors, nested metadata and outcomes without dates."""
+    root.mkdir(parents=True)
+    store = SessionStore(root / "distillation.db")
+    try:
+        store.save_session(session("parent", 1, trigger_metadata={"deep": {"l": [1, 2.5, None]}}))
+        store.save_session(session("child", 2, parent_session_id="parent", error="boom"))
+        store.save_session(session("done", 3, status="completed", teacher_cost_usd=2**40))
+        for sid in ("parent", "child"):
+            store.save_outcome(sid, outcome(f"{sid}-1", cluster_deltas={"m": -0.5}), **EDIT)
+            store.save_outcome(sid, outcome(f"{sid}-2", applied_at=None, error="gate"), **EDIT)
+    finally:
+        store.close()
+    return root
+
+
+def result_of(sock: zmq.Socket, request_id: str, op: str, **params: object) -> dict:
+    sock.send(protocol.encode_request(request_id, op, **params))
+    assert sock.poll(10_000), f"no reply to {op}"
+    reply = json.loads(sock.recv())
+    assert reply["id"] == request_id
+    return reply
+
+
+READS: list[tuple[str, dict[str, object]]] = [
+    ("get_session", {"session_id": "child"}),
+    ("get_session", {"session_id": "nobody"}),
+    ("list_sessions", {"status": None, "limit": None}),
+    ("list_sessions", {"status": "completed", "limit": None}),
+    ("list_sessions", {"status": None, "limit": 2}),
+    ("list_sessions", {"status": "exploded", "limit": None}),
+    ("list_outcomes", {"session_id": "parent"}),
+    ("list_outcomes", {"session_id": "nobody"}),
+]
+
+
+def test_readers_answer_exactly_as_the_loop_does(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    on_readers = daemon_factory(odd_records(tmp_path / "a" / "learning")).start()
+    on_loop = daemon_factory(
+        odd_records(tmp_path / "b" / "learning"), extra_env={"SESSIONSTORE_QUERY_THREADS": "0"}
+    ).start()
+    a, b = raw_socket(on_readers.address), raw_socket(on_loop.address)
+    for n, (op, params) in enumerate(READS):
+        ra = result_of(a, f"r{n}", op, **params)
+        rb = result_of(b, f"r{n}", op, **params)
+        assert ra == rb, op
+    assert result_of(a, "x", "list_sessions", status=None, limit=None)["result"][0]["id"] == "done"
+    bad = result_of(a, "y", "list_sessions", status="exploded", limit=None)
+    assert bad["ok"] is False and bad["error"]["code"] == "invalid"
+    # and the client turns the readers' JSON back into equal models
+    client = SessionStoreClient(on_readers.address, timeout=10)
+    direct = SessionStore(on_readers.db_path, readonly=True)
+    try:
+        assert client.list_sessions() == direct.list_sessions()
+        assert client.list_outcomes("child") == direct.list_outcomes("child")
+    finally:
+        direct.close()
+
+
+def test_an_acknowledged_save_is_seen_by_the_next_read(daemon: Daemon) -> None:
+    client = SessionStoreClient(daemon.address, timeout=10)
+    client.save_session(session("s"))
+    for n in range(60):
+        client.save_outcome("s", outcome(f"e{n}"), **EDIT)
+        assert [o.edit_id for o in client.list_outcomes("s")][-1] == f"e{n}"
+        client.save_session(session("s", error=f"step {n}"))
+        got = client.get_session("s")
+        assert got is not None and got.error == f"step {n}"
+        assert len(got.edit_outcomes) == n + 1
+
+
+def test_a_resent_read_still_running_is_answered_once_to_the_newest_sender(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    d = daemon_factory(filled_root(tmp_path / "learning", 2000, 10)).start()
+    first, second = raw_socket(d.address), raw_socket(d.address)
+    probe = SessionStoreClient(d.address, timeout=10)
+    frame = protocol.encode_request("slow-read", "list_sessions", status=None, limit=None)
+    first.send(frame)
+    first.send(frame)  # a resend on the same connection
+    for _ in range(500):  # two connections keep no order: wait until the first is running
+        if probe.status()["reads_pending"] == 1:
+            break
+    else:
+        pytest.fail("the listing never reached a reader")
+    second.send(frame)  # and one from a client that reset its socket
+    assert second.poll(30_000), "no reply to the resent listing"
+    reply = json.loads(second.recv())
+    assert reply["id"] == "slow-read" and reply["ok"] is True
+    assert len(reply["result"]) == 2000
+    assert not second.poll(1000), "the listing was answered twice"
+    assert not first.poll(0), "the answer went to the older sender too"
+    status = probe.status()
+    assert status["resends_in_progress"] == 2
+    assert status["reads_pending"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_flood_of_reads_is_refused_past_the_queue_and_the_daemon_carries_on(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    d = daemon_factory(filled_root(tmp_path / "learning", 300, 5)).start()
+    sock = raw_socket(d.address, SNDHWM=0, RCVHWM=0)
+    for n in range(700):
+        sock.send(protocol.encode_request(f"flood-{n}", "list_sessions", status=None, limit=None))
+    codes: dict[str, int] = {}
+    client = SessionStoreClient(d.address, timeout=30)
+
+    def drained() -> bool:
+        while sock.poll(0):
+            reply = json.loads(sock.recv())
+            code = "ok" if reply["ok"] else reply["error"]["code"]
+            codes[code] = codes.get(code, 0) + 1
+        return client.status()["reads_pending"] == 0
+
+    for _ in range(600):  # poll, not sleep: each round waits up to 100 ms for replies
+        if drained():
+            break
+        sock.poll(100)
+    assert drained(), "the readers never caught up"
+    assert set(codes) <= {"ok", "unavailable"}, codes
+    assert codes.get("ok", 0) >= 256  # everything queued was answered (none dropped: it read)
+    rejected = client.status()["requests_rejected"]
+    assert rejected.get("unavailable", 0) >= 700 - 512  # a turn takes 512; 256 wait at most
+    assert len(client.list_sessions(limit=3)) == 3  # and reads still work afterwards
+    sock.close()
+
+
+def test_sigterm_answers_the_reads_already_with_the_readers(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    d = daemon_factory(filled_root(tmp_path / "learning", 1000, 5)).start()
+    sock = raw_socket(d.address)
+    for n in range(12):
+        sock.send(protocol.encode_request(f"r{n}", "list_sessions", status=None, limit=None))
+    status = SessionStoreClient(d.address, timeout=10)
+    for _ in range(200):
+        if status.status()["reads_pending"] > 0:
+            break
+        sock.poll(10)  # polling interval: the status answer decides
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGTERM)
+    replies = []
+    while len(replies) < 12 and sock.poll(20_000):
+        replies.append(json.loads(sock.recv()))
+    assert d.proc.wait(60) == 0  # one SIGTERM: a second one would cut the final checkpoint
+    assert sorted(r["id"] for r in replies) == sorted(f"r{n}" for n in range(12))
+    assert all(r["ok"] and len(r["result"]) == 1000 for r in replies)
+    assert "unanswered at shutdown" not in d.stderr()

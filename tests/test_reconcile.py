@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from pydantic_core import to_json
 from sessionfiles import (
     OLD_MTIME_NS,
     edit_dict,
@@ -24,7 +25,7 @@ from sessionfiles import (
     write_session,
 )
 
-from sessionstore.errors import IntegrityViolation, ReadOnlyStore
+from sessionstore.errors import IntegrityViolation, InvalidRecord, ReadOnlyStore
 from sessionstore.models import EditOutcome, LearningSession
 from sessionstore.rebuild import rebuild
 from sessionstore.reconcile import (
@@ -33,6 +34,7 @@ from sessionstore.reconcile import (
     reconcile,
     reconcile_steps,
 )
+from sessionstore.records import MAX_NESTING
 from sessionstore.store import SessionStore, WriteResult
 
 
@@ -124,6 +126,34 @@ def test_unusable_files_are_reported_with_one_line_reasons_and_skipped(
         assert "\n" not in reported[path]
     assert store.session_ids() == {"good-1", "good-2", "good-3"}
     assert result.inserted == 3 and result.scanned == 3 + len(expected)
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """``{"a": {"a": ...}}``, ``depth`` objects deep."""
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def test_file_the_save_path_would_refuse_is_reported_not_indexed(
+    root: Path, store: SessionStore
+) -> None:
+    deep = session_dict("deep", trigger_metadata=nested(300))
+    with pytest.raises(InvalidRecord):  # what save_session refuses ...
+        store.save_session(LearningSession.model_validate(deep))
+    write_session(root, "deep", deep)
+    write_session(root, "fine", session_dict("fine", trigger_metadata=nested(MAX_NESTING - 1)))
+    result = reconcile(store, root)
+    reported = invalid_by_path(result)  # ... reconcile refuses too, and says why
+    assert list(reported) == ["sessions/deep/session.json"]
+    assert reported["sessions/deep/session.json"].startswith(
+        "not a valid session: trigger_metadata."
+    )
+    assert f"nested deeper than {MAX_NESTING} levels" in reported["sessions/deep/session.json"]
+    assert store.session_ids() == {"fine"}
+    assert [to_json(s) for s in store.list_sessions()]  # the daemon's listing still serialises
+    assert reconcile(store, root, full=True).invalid == result.invalid
 
 
 def test_second_pass_parses_nothing_that_is_unchanged(root: Path, store: SessionStore) -> None:

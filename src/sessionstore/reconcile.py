@@ -35,7 +35,10 @@ its mtime is at least :data:`SETTLE_SECONDS` old: a file rewritten within the
 filesystem's timestamp granularity could otherwise keep a stale entry (git's
 "racily clean" problem). A fresh file is therefore parsed once more next pass.
 JSON that is not standard JSON (``NaN``, ``Infinity``, numbers overflowing a
-float) is refused: the index cannot store non-finite values faithfully.
+float) is refused: the index cannot store non-finite values faithfully. A session
+is then checked exactly as a save is (:func:`sessionstore.records.checked`, which
+also refuses nesting deeper than ``MAX_NESTING``), so reconcile never indexes what
+``save_session`` would refuse.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from pydantic import ValidationError
 from sessionstore.errors import InvalidRecord, ReadOnlyStore
 from sessionstore.filereading import UnusableFile, inside, one_line, parse_json, read_bytes
 from sessionstore.models import EditOutcome, LearningPlan, LearningSession
-from sessionstore.records import OutcomeEdit, describe_validation_error
+from sessionstore.records import OutcomeEdit, checked, describe_validation_error
 from sessionstore.store import OutcomeWrite, SessionStore, SessionWrite, Write, WriteResult
 
 SESSIONS_DIR = "sessions"
@@ -296,11 +299,7 @@ class _Run:
         self.result.parsed += 1
         try:
             data, fst = read_bytes(path)
-            raw = parse_json(data)
-            try:
-                session = LearningSession.model_validate(raw)
-            except ValidationError as err:
-                raise UnusableFile(describe_validation_error("not a valid session", err)) from None
+            session = _storable_session(parse_json(data))
             if session.id != name:
                 raise UnusableFile(f"id {session.id!r} does not match directory {name!r}")
         except UnusableFile as err:
@@ -450,6 +449,19 @@ class _Run:
             result.updated += 1
         else:
             result.unchanged += 1
+
+
+def _storable_session(raw: object) -> LearningSession:
+    """Validate as the save path does (:func:`checked`), outcomes included.
+
+    Pydantic alone accepts what the index could store but never serve back
+    (``trigger_metadata`` nested past ``MAX_NESTING``: every later listing would fail
+    to serialise), so such a file is reported, like any other unusable one.
+    """
+    try:
+        return checked(LearningSession, raw, "not a valid session")
+    except InvalidRecord as err:
+        raise UnusableFile(str(err)) from None
 
 
 def _missing(session: LearningSession, have: set[str]) -> list[EditOutcome]:

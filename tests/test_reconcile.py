@@ -22,6 +22,7 @@ from sessionfiles import (
     plan_dict,
     session_dict,
     snapshot,
+    write_file,
     write_session,
 )
 
@@ -249,6 +250,65 @@ def test_outcomes_get_placeholders_when_the_plan_cannot_supply_their_edit(
     rows = outcome_rows(store.db_path, "short-plan")
     assert rows[0][3] == edit_dict("e1")["target"]
     assert rows[1][3] == PLACEHOLDER_TARGET and "'e9' not in plan.json" in rows[1][5]
+
+
+def test_placeholder_rows_get_their_edit_once_plan_json_has_it_and_real_rows_are_kept(
+    root: Path, store: SessionStore
+) -> None:
+    data = session_dict("s", outcomes=("e3", "e1", "e2"))
+    write_session(root, "s", data, plan=json.dumps(plan_dict("s"))[:40])  # plan.json mid-write
+    store.save_session(LearningSession.model_validate(data))
+    real = ("agent", "patch_system_prompt", "agents.simple.system_prompt", "review", "by the run")
+    pillar, op, target, risk_tier, rationale = real
+
+    def save_real(edit_id: str) -> None:
+        store.save_outcome(
+            "s",
+            EditOutcome.model_validate(outcome_dict(edit_id)),
+            pillar=pillar,
+            op=op,
+            target=target,
+            risk_tier=risk_tier,
+            rationale=rationale,
+        )
+
+    save_real("e3")
+    first = reconcile(store, root)
+    assert (first.outcomes_added, first.outcomes_placeholder) == (2, 2)
+    placeholder = ("engine", "set_model_param", PLACEHOLDER_TARGET, "manual")
+    assert [row[1:5] for row in outcome_rows(store.db_path, "s")[1:]] == [placeholder] * 2
+    save_real("e2")  # a real e2 row next to e2's placeholder: only the placeholder may change
+
+    plan_file = root / "sessions" / "s" / "plan.json"
+    write_file(plan_file, plan_dict("s", ("e1",)), OLD_MTIME_NS + 10**9)  # session.json as it was
+    before = outcome_rows(store.db_path, "s")
+    dry = reconcile(store, root, dry_run=True)
+    assert (dry.parsed, dry.updated, dry.placeholders_upgraded) == (1, 1, 1)
+    assert outcome_rows(store.db_path, "s") == before
+    second = reconcile(store, root)  # incremental: noticed through plan.json's state
+    assert (second.parsed, second.updated, second.placeholders_upgraded) == (1, 1, 1)
+    e1, e2, e3 = (edit_dict(edit_id, i) for i, edit_id in enumerate(("e1", "e2", "e3")))
+    as_row = ("pillar", "op", "target", "risk_tier", "rationale")
+    assert outcome_rows(store.db_path, "s") == [
+        ("e3", *real),
+        ("e1", *(e1[key] for key in as_row)),
+        before[2],
+        ("e2", *real),
+    ]
+    assert reconcile(store, root).parsed == 0  # plan.json unchanged: nothing to read again
+
+    write_file(plan_file, plan_dict("s", ("e1", "e2", "e3")), OLD_MTIME_NS + 2 * 10**9)
+    full = reconcile(store, root, full=True)
+    assert (full.updated, full.outcomes_added, full.placeholders_upgraded) == (1, 0, 1)
+    assert outcome_rows(store.db_path, "s") == [
+        ("e3", *real),  # real edit fields, though plan.json now says otherwise: kept
+        ("e1", *(e1[key] for key in as_row)),
+        ("e2", *(e2[key] for key in as_row)),
+        ("e2", *real),
+    ]
+    assert e3["target"] != target
+    again = reconcile(store, root)
+    assert (again.parsed, again.updated, again.placeholders_upgraded) == (0, 0, 0)
 
 
 def test_index_only_sessions_are_counted_and_never_deleted(root: Path, store: SessionStore) -> None:

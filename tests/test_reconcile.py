@@ -401,6 +401,36 @@ def test_rebuild_reproduces_every_session_and_outcome_in_the_files(root: Path) -
     check_rebuilt(db, paths)
 
 
+def index_file_modes(root: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mode & 0o777 for p in root.iterdir() if p.name != "sessions"}
+
+
+def test_rebuilt_index_and_its_side_files_are_owner_only_under_umask_022(root: Path) -> None:
+    write_session(root, "a", plan=plan_dict("a"))
+    db = root / "distillation.db"
+    during: list[dict[str, int]] = []
+    previous = os.umask(0o022)  # the usual login umask: files SQLite creates are 0644
+    try:
+        rebuild(db, root, progress=lambda done, total: during.append(index_file_modes(root)))
+        assert index_file_modes(root) == {"distillation.db": 0o600}
+        reopened = SessionStore(db)  # the swapped-in file gets its -wal and -shm
+        try:
+            reopened.save_session(LearningSession.model_validate(session_dict("b")))
+            after = index_file_modes(root)
+        finally:
+            reopened.close()
+    finally:
+        os.umask(previous)
+    building = during[-1]
+    assert {"distillation.db.rebuild.tmp", "distillation.db.rebuild.tmp-wal"} <= set(building)
+    assert set(building.values()) == {0o600}
+    assert after == {
+        "distillation.db": 0o600,
+        "distillation.db-wal": 0o600,
+        "distillation.db-shm": 0o600,
+    }
+
+
 def test_rebuild_replaces_an_index_and_never_applies_its_stale_wal(root: Path) -> None:
     paths = [write_session(root, f"s{i}") for i in range(3)]
     live = root / "live.db"

@@ -249,6 +249,21 @@ def test_rebuild_refuses_while_the_daemon_runs_then_rebuilds_from_the_files(
         store.close()
 
 
+def test_rebuild_without_a_previous_index_writes_it_owner_only_under_umask_022(
+    run: Run, tmp_path: Path
+) -> None:
+    learning = tmp_path / "learning"
+    write_session_files(learning, ["f1"])
+    previous = os.umask(0o022)  # inherited by the command
+    try:
+        result = as_json(run("rebuild", "--json"))
+    finally:
+        os.umask(previous)
+    assert isinstance(result, dict) and result["inserted"] == 1
+    modes = {p.name: p.stat().st_mode & 0o777 for p in learning.iterdir() if p.is_file()}
+    assert modes == {"distillation.db": 0o600, "distillation.db.lock": 0o600}
+
+
 # -- no daemon at the address --------------------------------------------------------------
 
 NO_DAEMON_COMMANDS = [

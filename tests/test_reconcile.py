@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from pydantic_core import to_json
 from sessionfiles import (
     OLD_MTIME_NS,
     edit_dict,
@@ -21,10 +22,11 @@ from sessionfiles import (
     plan_dict,
     session_dict,
     snapshot,
+    write_file,
     write_session,
 )
 
-from sessionstore.errors import IntegrityViolation, ReadOnlyStore
+from sessionstore.errors import IntegrityViolation, InvalidRecord, ReadOnlyStore
 from sessionstore.models import EditOutcome, LearningSession
 from sessionstore.rebuild import rebuild
 from sessionstore.reconcile import (
@@ -33,6 +35,7 @@ from sessionstore.reconcile import (
     reconcile,
     reconcile_steps,
 )
+from sessionstore.records import MAX_NESTING
 from sessionstore.store import SessionStore, WriteResult
 
 
@@ -124,6 +127,34 @@ def test_unusable_files_are_reported_with_one_line_reasons_and_skipped(
         assert "\n" not in reported[path]
     assert store.session_ids() == {"good-1", "good-2", "good-3"}
     assert result.inserted == 3 and result.scanned == 3 + len(expected)
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """``{"a": {"a": ...}}``, ``depth`` objects deep."""
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def test_file_the_save_path_would_refuse_is_reported_not_indexed(
+    root: Path, store: SessionStore
+) -> None:
+    deep = session_dict("deep", trigger_metadata=nested(300))
+    with pytest.raises(InvalidRecord):  # what save_session refuses ...
+        store.save_session(LearningSession.model_validate(deep))
+    write_session(root, "deep", deep)
+    write_session(root, "fine", session_dict("fine", trigger_metadata=nested(MAX_NESTING - 1)))
+    result = reconcile(store, root)
+    reported = invalid_by_path(result)  # ... reconcile refuses too, and says why
+    assert list(reported) == ["sessions/deep/session.json"]
+    assert reported["sessions/deep/session.json"].startswith(
+        "not a valid session: trigger_metadata."
+    )
+    assert f"nested deeper than {MAX_NESTING} levels" in reported["sessions/deep/session.json"]
+    assert store.session_ids() == {"fine"}
+    assert [to_json(s) for s in store.list_sessions()]  # the daemon's listing still serialises
+    assert reconcile(store, root, full=True).invalid == result.invalid
 
 
 def test_second_pass_parses_nothing_that_is_unchanged(root: Path, store: SessionStore) -> None:
@@ -221,6 +252,65 @@ def test_outcomes_get_placeholders_when_the_plan_cannot_supply_their_edit(
     assert rows[1][3] == PLACEHOLDER_TARGET and "'e9' not in plan.json" in rows[1][5]
 
 
+def test_placeholder_rows_get_their_edit_once_plan_json_has_it_and_real_rows_are_kept(
+    root: Path, store: SessionStore
+) -> None:
+    data = session_dict("s", outcomes=("e3", "e1", "e2"))
+    write_session(root, "s", data, plan=json.dumps(plan_dict("s"))[:40])  # plan.json mid-write
+    store.save_session(LearningSession.model_validate(data))
+    real = ("agent", "patch_system_prompt", "agents.simple.system_prompt", "review", "by the run")
+    pillar, op, target, risk_tier, rationale = real
+
+    def save_real(edit_id: str) -> None:
+        store.save_outcome(
+            "s",
+            EditOutcome.model_validate(outcome_dict(edit_id)),
+            pillar=pillar,
+            op=op,
+            target=target,
+            risk_tier=risk_tier,
+            rationale=rationale,
+        )
+
+    save_real("e3")
+    first = reconcile(store, root)
+    assert (first.outcomes_added, first.outcomes_placeholder) == (2, 2)
+    placeholder = ("engine", "set_model_param", PLACEHOLDER_TARGET, "manual")
+    assert [row[1:5] for row in outcome_rows(store.db_path, "s")[1:]] == [placeholder] * 2
+    save_real("e2")  # a real e2 row next to e2's placeholder: only the placeholder may change
+
+    plan_file = root / "sessions" / "s" / "plan.json"
+    write_file(plan_file, plan_dict("s", ("e1",)), OLD_MTIME_NS + 10**9)  # session.json as it was
+    before = outcome_rows(store.db_path, "s")
+    dry = reconcile(store, root, dry_run=True)
+    assert (dry.parsed, dry.updated, dry.placeholders_upgraded) == (1, 1, 1)
+    assert outcome_rows(store.db_path, "s") == before
+    second = reconcile(store, root)  # incremental: noticed through plan.json's state
+    assert (second.parsed, second.updated, second.placeholders_upgraded) == (1, 1, 1)
+    e1, e2, e3 = (edit_dict(edit_id, i) for i, edit_id in enumerate(("e1", "e2", "e3")))
+    as_row = ("pillar", "op", "target", "risk_tier", "rationale")
+    assert outcome_rows(store.db_path, "s") == [
+        ("e3", *real),
+        ("e1", *(e1[key] for key in as_row)),
+        before[2],
+        ("e2", *real),
+    ]
+    assert reconcile(store, root).parsed == 0  # plan.json unchanged: nothing to read again
+
+    write_file(plan_file, plan_dict("s", ("e1", "e2", "e3")), OLD_MTIME_NS + 2 * 10**9)
+    full = reconcile(store, root, full=True)
+    assert (full.updated, full.outcomes_added, full.placeholders_upgraded) == (1, 0, 1)
+    assert outcome_rows(store.db_path, "s") == [
+        ("e3", *real),  # real edit fields, though plan.json now says otherwise: kept
+        ("e1", *(e1[key] for key in as_row)),
+        ("e2", *(e2[key] for key in as_row)),
+        ("e2", *real),
+    ]
+    assert e3["target"] != target
+    again = reconcile(store, root)
+    assert (again.parsed, again.updated, again.placeholders_upgraded) == (0, 0, 0)
+
+
 def test_index_only_sessions_are_counted_and_never_deleted(root: Path, store: SessionStore) -> None:
     write_session(root, "finished")
     running = LearningSession.model_validate(session_dict("running", status="executing"))
@@ -309,6 +399,36 @@ def test_rebuild_reproduces_every_session_and_outcome_in_the_files(root: Path) -
     assert seen[0] == (0, 31) and seen[-1] == (31, 31)
     assert sorted(p.name for p in root.iterdir()) == ["distillation.db", "sessions"]
     check_rebuilt(db, paths)
+
+
+def index_file_modes(root: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mode & 0o777 for p in root.iterdir() if p.name != "sessions"}
+
+
+def test_rebuilt_index_and_its_side_files_are_owner_only_under_umask_022(root: Path) -> None:
+    write_session(root, "a", plan=plan_dict("a"))
+    db = root / "distillation.db"
+    during: list[dict[str, int]] = []
+    previous = os.umask(0o022)  # the usual login umask: files SQLite creates are 0644
+    try:
+        rebuild(db, root, progress=lambda done, total: during.append(index_file_modes(root)))
+        assert index_file_modes(root) == {"distillation.db": 0o600}
+        reopened = SessionStore(db)  # the swapped-in file gets its -wal and -shm
+        try:
+            reopened.save_session(LearningSession.model_validate(session_dict("b")))
+            after = index_file_modes(root)
+        finally:
+            reopened.close()
+    finally:
+        os.umask(previous)
+    building = during[-1]
+    assert {"distillation.db.rebuild.tmp", "distillation.db.rebuild.tmp-wal"} <= set(building)
+    assert set(building.values()) == {0o600}
+    assert after == {
+        "distillation.db": 0o600,
+        "distillation.db-wal": 0o600,
+        "distillation.db-shm": 0o600,
+    }
 
 
 def test_rebuild_replaces_an_index_and_never_applies_its_stale_wal(root: Path) -> None:

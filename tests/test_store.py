@@ -838,6 +838,9 @@ def _write_attempts(
         "save_outcome": lambda s: s.save_outcome(session.id, outcome, **EDIT),
         "apply_batch": lambda s: s.apply_batch([SessionWrite(session)]),
         "record_file_states": lambda s: s.record_file_states([("a/session.json", 1, 2, "x")]),
+        "replace_outcome_edits": lambda s: s.replace_outcome_edits(
+            [(session.id, outcome.edit_id, OUTCOME_EDIT)], only=OUTCOME_EDIT
+        ),
         "prune_applied_requests": lambda s: s.prune_applied_requests(0.0),
     }
 
@@ -882,7 +885,7 @@ def test_readonly_store_refuses_every_write_and_leaves_the_file_unchanged(
         for name, attempt in attempts.items():
             with pytest.raises(ReadOnlyStore, match=name):
                 attempt(reader)
-        assert len(attempts) == 5
+        assert len(attempts) == 6
     finally:
         reader.close()
 

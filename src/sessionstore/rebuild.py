@@ -32,10 +32,14 @@ def rebuild(
     between leaves either the old index (perhaps without its last WAL commits,
     which a reconcile restores from the files) or the new one. The caller makes
     sure no daemon has the index open.
+
+    The new file is 0600 whatever the umask (SQLite gives its ``-wal`` and ``-shm``
+    the database file's mode), or the old index's mode when there was one.
     """
     db_path = Path(db_path)
     tmp = db_path.with_name(db_path.name + ".rebuild.tmp")
     _remove_db_files(tmp)
+    _create_owner_only(tmp)
     store = SessionStore(tmp, durability="normal")
     try:
         result = reconcile(
@@ -62,6 +66,20 @@ def rebuild(
     os.replace(tmp, db_path)
     _fsync_path(db_path.parent)
     return result
+
+
+def _create_owner_only(db: Path) -> None:
+    """Create ``db`` empty and 0600 before SQLite opens it (an empty file is a new database).
+
+    Left to SQLite, it would be created 0644 under the usual umask 022: readable by
+    every local user, and the index promises owner-only access. The mode is set with
+    ``fchmod``, which the umask does not filter; the process umask is left alone.
+    """
+    fd = os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _remove_side_files(db: Path) -> None:

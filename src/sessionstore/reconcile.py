@@ -18,7 +18,8 @@ read (opened ``O_RDONLY``; nothing is created, renamed or deleted there). A pass
 It runs in slices so the daemon can interleave it with ingestion on its one
 loop thread: :func:`reconcile_steps` is a generator, each ``next()`` handles at
 most ``slice_files`` files: one short ``apply_batch`` transaction for the index
-writes, then one for the file states. No transaction or file is held open across
+writes, one for upgraded placeholders (only when there are any), then one for the
+file states, so a state is recorded only after what it stands for. No transaction or file is held open across
 a yield, so a pass can be abandoned (``close()``) at any point.
 
 The Edit fields an outcome row needs (pillar, op, target, risk_tier, rationale)
@@ -28,14 +29,22 @@ written with a **placeholder**: ``pillar='engine'``, ``op='set_model_param'``,
 ``risk_tier='manual'``, ``target='sessionstore:unknown-edit'`` (the marker to
 query for: ``WHERE target = 'sessionstore:unknown-edit'``) and a rationale saying
 why. The index only accepts real enum values, so the marker lives in ``target``;
-``manual`` because a person should look at such a row.
+``manual`` because a person should look at such a row. When a later pass parses
+that session and plan.json now has the edit (same ``edit_id``), the placeholder
+rows are given the edit's fields in place; rows with real edit fields are never
+touched (the UPDATE itself requires the placeholder's). For a session left with
+placeholder rows, plan.json's size/mtime is recorded too, and an incremental pass
+re-parses the session when plan.json changed even though session.json did not.
 
 A file's size/mtime is recorded only once it has been reconciled, and only when
 its mtime is at least :data:`SETTLE_SECONDS` old: a file rewritten within the
 filesystem's timestamp granularity could otherwise keep a stale entry (git's
 "racily clean" problem). A fresh file is therefore parsed once more next pass.
 JSON that is not standard JSON (``NaN``, ``Infinity``, numbers overflowing a
-float) is refused: the index cannot store non-finite values faithfully.
+float) is refused: the index cannot store non-finite values faithfully. A session
+is then checked exactly as a save is (:func:`sessionstore.records.checked`, which
+also refuses nesting deeper than ``MAX_NESTING``), so reconcile never indexes what
+``save_session`` would refuse.
 """
 
 from __future__ import annotations
@@ -54,7 +63,7 @@ from pydantic import ValidationError
 from sessionstore.errors import InvalidRecord, ReadOnlyStore
 from sessionstore.filereading import UnusableFile, inside, one_line, parse_json, read_bytes
 from sessionstore.models import EditOutcome, LearningPlan, LearningSession
-from sessionstore.records import OutcomeEdit, describe_validation_error
+from sessionstore.records import OutcomeEdit, checked, describe_validation_error
 from sessionstore.store import OutcomeWrite, SessionStore, SessionWrite, Write, WriteResult
 
 SESSIONS_DIR = "sessions"
@@ -77,6 +86,10 @@ def placeholder_edit(why: str) -> OutcomeEdit:
     )
 
 
+PLACEHOLDER = placeholder_edit("")
+"""What marks a placeholder row: these pillar, op, target and risk_tier (any rationale)."""
+
+
 @dataclass(frozen=True, slots=True)
 class InvalidFile:
     path: str
@@ -91,8 +104,10 @@ class ReconcileResult:
     ``scanned``: session.json files found. ``parsed``: of those, how many were
     opened (the rest matched their recorded size/mtime). ``unchanged``: files that
     needed no write. ``inserted``: sessions new to the index. ``updated``: sessions
-    whose row was rewritten or that got missing outcomes. ``outcomes_placeholder``:
-    of ``outcomes_added``, those written with :func:`placeholder_edit` fields.
+    whose row was rewritten, that got missing outcomes or upgraded placeholders.
+    ``outcomes_placeholder``: of ``outcomes_added``, those written with
+    :func:`placeholder_edit` fields. ``placeholders_upgraded``: placeholder rows
+    already in the index given their edit's fields from a plan.json that now has it.
     ``invalid`` lists session.json and plan.json files that could not be used.
     ``index_only``: index sessions with no session.json at all (running sessions;
     counted, never deleted).
@@ -105,6 +120,7 @@ class ReconcileResult:
     updated: int = 0
     outcomes_added: int = 0
     outcomes_placeholder: int = 0
+    placeholders_upgraded: int = 0
     invalid: list[InvalidFile] = field(default_factory=list)
     index_only: int = 0
     duration_seconds: float = 0.0
@@ -129,6 +145,35 @@ class _Change:
     item: _Parsed
     row: Literal["insert", "update"] | None
     missing: list[EditOutcome]
+    placeholders: list[str] = field(default_factory=list)
+    """Edit ids of this session's placeholder rows in the index, one per row."""
+
+
+FileState = tuple[str, int, int, str]
+"""(path relative to the learning root, size, mtime_ns, session id), as recorded."""
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What a sibling plan.json offers: edits by id, and why an absent one gets a placeholder."""
+
+    edits: dict[str, OutcomeEdit]
+    why: str
+    state: FileState | None = None
+    """The file's, when it was found and has settled: recorded if placeholders remain."""
+
+
+@dataclass(slots=True)
+class _Planned:
+    """One change as writes: rows to apply, placeholder rows to upgrade, file states after."""
+
+    change: _Change
+    writes: list[Write] = field(default_factory=list)
+    placeholder: list[bool] = field(default_factory=list)
+    """Per write: an outcome written with placeholder fields."""
+    upgrades: list[tuple[str, str, OutcomeEdit]] = field(default_factory=list)
+    upgraded_rows: int = 0
+    states: list[FileState] = field(default_factory=list)
 
 
 def reconcile_steps(
@@ -207,6 +252,7 @@ class _Run:
         self.with_file: set[str] = set()
         self.deferred: list[_Parsed] = []
         self.real_sessions = ""
+        self.placeholders: dict[str, list[str]] = {}
 
     def steps(self) -> Generator[None, None, ReconcileResult]:
         started = time.monotonic()
@@ -214,6 +260,7 @@ class _Run:
         self.real_sessions = os.path.realpath(self.sessions)
         self.known = self.store.session_ids()
         self.states = {} if self.full else self.store.file_states()
+        self.placeholders = self.store.outcomes_with_edit(PLACEHOLDER)
         self.not_yet_read = {name for name, _ in entries}
         names = {name for name, _ in entries}
         self._report_progress(0, len(entries))
@@ -290,24 +337,39 @@ class _Run:
             return None
         self.with_file.add(name)
         self.result.scanned += 1
-        if self.states.get(rel) == (st.st_size, st.st_mtime_ns) and name in self.known:
+        if (
+            self.states.get(rel) == (st.st_size, st.st_mtime_ns)
+            and name in self.known
+            and not self._plan_changed(name)
+        ):
             self.result.unchanged += 1
             return None
         self.result.parsed += 1
         try:
             data, fst = read_bytes(path)
-            raw = parse_json(data)
-            try:
-                session = LearningSession.model_validate(raw)
-            except ValidationError as err:
-                raise UnusableFile(describe_validation_error("not a valid session", err)) from None
+            session = _storable_session(parse_json(data))
             if session.id != name:
                 raise UnusableFile(f"id {session.id!r} does not match directory {name!r}")
         except UnusableFile as err:
             self._invalid(rel, str(err))
             return None
-        settled = fst.st_mtime_ns <= time.time_ns() - int(SETTLE_SECONDS * 1e9)
-        return _Parsed(name, rel, session, fst.st_size, fst.st_mtime_ns, settled)
+        return _Parsed(name, rel, session, fst.st_size, fst.st_mtime_ns, _settled(fst))
+
+    def _plan_changed(self, name: str) -> bool:
+        """Whether a session with placeholder rows has a plan.json unlike the one last read.
+
+        One stat, only for such sessions: how an incremental pass notices that plan.json
+        gained the missing edits while session.json (and its recorded state) did not change.
+        """
+        if name not in self.placeholders:
+            return False
+        try:
+            _, st = self._locate(self.sessions / name / PLAN_FILE)
+        except FileNotFoundError:
+            return False  # nothing to take the edits from
+        except UnusableFile:
+            return True  # parsed again, so the plan.json is reported again
+        return self.states.get(_plan_rel(name)) != (st.st_size, st.st_mtime_ns)
 
     def _locate(self, path: Path) -> tuple[str, os.stat_result]:
         """The path to open and its stat; refuses symlinks out of sessions/ and non-files."""
@@ -330,24 +392,33 @@ class _Run:
             raise UnusableFile("not a regular file")
         return target, st
 
-    def _plan_edits(self, item: _Parsed) -> tuple[dict[str, OutcomeEdit], str]:
-        """The sibling plan.json's edits by id, and why an absent edit gets a placeholder."""
-        rel = f"{SESSIONS_DIR}/{item.name}/{PLAN_FILE}"
+    def _plan_edits(self, item: _Parsed) -> _Plan:
+        """The sibling plan.json's edits by id, and why an absent edit gets a placeholder.
+
+        Its state is the stat taken before reading: if the file changes in between, the
+        recorded state is the older one and the next pass reads it again.
+        """
+        rel = _plan_rel(item.name)
         try:
-            path, _ = self._locate(self.sessions / item.name / PLAN_FILE)
+            path, st = self._locate(self.sessions / item.name / PLAN_FILE)
+        except FileNotFoundError:
+            return _Plan({}, "no plan.json")
+        except UnusableFile as err:
+            self._invalid(rel, str(err))
+            return _Plan({}, "plan.json is invalid")
+        state = (rel, st.st_size, st.st_mtime_ns, item.name) if _settled(st) else None
+        try:
             plan = LearningPlan.model_validate(parse_json(read_bytes(path)[0]))
             if plan.session_id != item.name:
                 raise UnusableFile(
                     f"session_id {plan.session_id!r} does not match directory {item.name!r}"
                 )
-        except FileNotFoundError:
-            return {}, "no plan.json"
         except ValidationError as err:
             self._invalid(rel, describe_validation_error("not a valid plan", err))
-            return {}, "plan.json is invalid"
+            return _Plan({}, "plan.json is invalid", state)
         except UnusableFile as err:
             self._invalid(rel, str(err))
-            return {}, "plan.json is invalid"
+            return _Plan({}, "plan.json is invalid", state)
         edits: dict[str, OutcomeEdit] = {}
         for edit in plan.edits:
             edits.setdefault(
@@ -360,22 +431,23 @@ class _Run:
                     edit.rationale,
                 ),
             )
-        return edits, ""
+        return _Plan(edits, "", state)
 
     # -- diffing and writing --------------------------------------------------
 
     def _diff(self, item: _Parsed) -> _Change:
         sid = item.session.id
+        placeholders = self.placeholders.get(sid, [])
         try:
             existing = self.store.get_session(sid)
         except InvalidRecord:  # an index row we cannot read: the file wins
             have = self.store.session_outcome_ids(sid)
-            return _Change(item, "update", _missing(item.session, have))
+            return _Change(item, "update", _missing(item.session, have), placeholders)
         if existing is None:
             return _Change(item, "insert", list(item.session.edit_outcomes))
         have = {outcome.edit_id for outcome in existing.edit_outcomes}
-        same = _same_row(existing, item.session)
-        return _Change(item, None if same else "update", _missing(item.session, have))
+        row: Literal["update"] | None = None if _same_row(existing, item.session) else "update"
+        return _Change(item, row, _missing(item.session, have), placeholders)
 
     def _settle(self, items: list[_Parsed], *, final: bool) -> None:
         """Diff a slice, order row writes parents-first, defer or refuse orphans, apply."""
@@ -400,42 +472,62 @@ class _Run:
         self._invalid(item.rel, f"parent session {item.session.parent_session_id!r} unknown")
 
     def _apply(self, changes: list[_Change]) -> None:
-        writes: list[Write] = []
-        placeholder: list[bool] = []
-        spans = []
-        for change in changes:
-            start = len(writes)
-            session = change.item.session
-            if change.row is not None:
-                writes.append(SessionWrite(session))
-                placeholder.append(False)
-            if change.missing:
-                edits, why = self._plan_edits(change.item)
-                for outcome in change.missing:
-                    edit = edits.get(outcome.edit_id)
-                    placeholder.append(edit is None)
-                    if edit is None:
-                        edit = placeholder_edit(why or f"edit {outcome.edit_id!r} not in plan.json")
-                    writes.append(OutcomeWrite(session.id, outcome, edit))
-            spans.append((start, len(writes)))
+        """One transaction for the slice's rows, one for upgraded placeholders, one for states."""
+        planned = [self._plan_writes(change) for change in changes]
+        writes = [write for plan in planned for write in plan.writes]
         if self.dry_run:
             results = [WriteResult(ok=True)] * len(writes)
         else:
             results = self.store.apply_batch(writes) if writes else []
-        states = []
-        for change, (start, end) in zip(changes, spans, strict=True):
-            self._count(change, writes[start:end], results[start:end], placeholder[start:end])
-            if all(r.ok for r in results[start:end]) and change.item.settled:
-                item = change.item
-                states.append((item.rel, item.size, item.mtime_ns, item.session.id))
+        upgrades: list[tuple[str, str, OutcomeEdit]] = []
+        states: list[FileState] = []
+        end = 0
+        for plan in planned:
+            start, end = end, end + len(plan.writes)
+            ok = self._count(plan, results[start:end])
+            if ok:
+                upgrades += plan.upgrades
+                states += plan.states
+        if upgrades and not self.dry_run:
+            self.store.replace_outcome_edits(upgrades, only=PLACEHOLDER)
         if states and not self.dry_run:
             self.store.record_file_states(states)
 
-    def _count(
-        self, change: _Change, writes: list[Write], results: list[WriteResult], flags: list[bool]
-    ) -> None:
+    def _plan_writes(self, change: _Change) -> _Planned:
+        """The writes for one change, with plan.json's fields for its outcome rows."""
+        planned = _Planned(change)
+        item = change.item
+        if change.row is not None:
+            planned.writes.append(SessionWrite(item.session))
+            planned.placeholder.append(False)
+        if item.settled:
+            planned.states.append((item.rel, item.size, item.mtime_ns, item.session.id))
+        if not change.missing and not change.placeholders:
+            return planned
+        plan = self._plan_edits(item)
+        for outcome in change.missing:
+            edit = plan.edits.get(outcome.edit_id)
+            planned.placeholder.append(edit is None)
+            if edit is None:
+                edit = placeholder_edit(plan.why or f"edit {outcome.edit_id!r} not in plan.json")
+            planned.writes.append(OutcomeWrite(item.session.id, outcome, edit))
+        upgradable = [edit_id for edit_id in change.placeholders if edit_id in plan.edits]
+        planned.upgraded_rows = len(upgradable)
+        planned.upgrades = [
+            (item.session.id, edit_id, plan.edits[edit_id]) for edit_id in dict.fromkeys(upgradable)
+        ]
+        left = any(planned.placeholder) or len(upgradable) < len(change.placeholders)
+        if left and plan.state is not None:
+            planned.states.append(plan.state)
+        return planned
+
+    def _count(self, planned: _Planned, results: list[WriteResult]) -> bool:
+        """Tally one change's results; True when all its writes were applied."""
         result = self.result
-        for write, outcome, is_placeholder in zip(writes, results, flags, strict=True):
+        change = planned.change
+        for write, outcome, is_placeholder in zip(
+            planned.writes, results, planned.placeholder, strict=True
+        ):
             if isinstance(write, OutcomeWrite) and outcome.ok:
                 result.outcomes_added += 1
                 result.outcomes_placeholder += is_placeholder
@@ -444,12 +536,37 @@ class _Run:
         errors = [r.error for r in results if not r.ok]
         if errors:
             self._invalid(change.item.rel, f"not indexed: {errors[0]}")
-        elif change.row == "insert":
+            return False
+        result.placeholders_upgraded += planned.upgraded_rows
+        if change.row == "insert":
             result.inserted += 1
-        elif change.row == "update" or change.missing:
+        elif change.row == "update" or change.missing or planned.upgrades:
             result.updated += 1
         else:
             result.unchanged += 1
+        return True
+
+
+def _plan_rel(name: str) -> str:
+    return f"{SESSIONS_DIR}/{name}/{PLAN_FILE}"
+
+
+def _settled(st: os.stat_result) -> bool:
+    """Modified at least SETTLE_SECONDS ago: its size/mtime may be recorded."""
+    return st.st_mtime_ns <= time.time_ns() - int(SETTLE_SECONDS * 1e9)
+
+
+def _storable_session(raw: object) -> LearningSession:
+    """Validate as the save path does (:func:`checked`), outcomes included.
+
+    Pydantic alone accepts what the index could store but never serve back
+    (``trigger_metadata`` nested past ``MAX_NESTING``: every later listing would fail
+    to serialise), so such a file is reported, like any other unusable one.
+    """
+    try:
+        return checked(LearningSession, raw, "not a valid session")
+    except InvalidRecord as err:
+        raise UnusableFile(str(err)) from None
 
 
 def _missing(session: LearningSession, have: set[str]) -> list[EditOutcome]:
@@ -488,6 +605,7 @@ def _parents_first(items: list[_Parsed], known: set[str]) -> tuple[list[_Parsed]
 
 
 __all__ = [
+    "PLACEHOLDER",
     "PLACEHOLDER_TARGET",
     "InvalidFile",
     "ReconcileResult",

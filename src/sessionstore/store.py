@@ -37,6 +37,7 @@ from sessionstore.errors import (
 )
 from sessionstore.models import EditOutcome, LearningSession, SessionStatus
 from sessionstore.records import (
+    OutcomeEdit,
     checked,
     checked_edit,
     checked_id,
@@ -311,8 +312,44 @@ class SessionStore:
         with self._lock:
             return {row[0] for row in self._read("SELECT id FROM learning_sessions")}
 
+    def outcomes_with_edit(self, edit: OutcomeEdit) -> dict[str, list[str]]:
+        """Per session, the edit id of each outcome row carrying ``edit``'s fields (rationale aside).
+
+        Reconcile asks with its placeholder to find the rows a plan.json may now complete.
+        """
+        with self._lock:
+            rows = self._read(
+                f"SELECT session_id, edit_id FROM edit_outcomes WHERE {_EDIT_MATCH} ORDER BY id",
+                _edit_key(edit),
+            ).fetchall()
+        found: dict[str, list[str]] = {}
+        for session_id, edit_id in rows:
+            found.setdefault(session_id, []).append(edit_id)
+        return found
+
+    def replace_outcome_edits(
+        self, replacements: Sequence[tuple[str, str, OutcomeEdit]], *, only: OutcomeEdit
+    ) -> int:
+        """Give the outcome rows of (session id, edit id) new Edit fields; returns rows changed.
+
+        Only rows still carrying ``only``'s fields (rationale aside) are touched: the
+        guard is in the UPDATE itself, so a row with real edit metadata is never
+        rewritten, whatever was read before.
+        """
+        self._require_writable("replace_outcome_edits")
+        rows = [
+            (e.pillar, e.op, e.target, e.risk_tier, e.rationale, sid, eid, *_edit_key(only))
+            for sid, eid, e in replacements
+        ]
+        with self._lock:
+            return self._write_many(
+                "UPDATE edit_outcomes SET pillar = ?, op = ?, target = ?, risk_tier = ?, "
+                f"rationale = ? WHERE session_id = ? AND edit_id = ? AND {_EDIT_MATCH}",
+                rows,
+            )
+
     def file_states(self) -> dict[str, tuple[int, int]]:
-        """What reconcile recorded per session.json path: (size, mtime_ns)."""
+        """What reconcile recorded per file path: (size, mtime_ns)."""
         with self._lock:
             rows = self._read("SELECT path, size, mtime_ns FROM reconcile_files").fetchall()
         return {row[0]: (row[1], row[2]) for row in rows}
@@ -393,6 +430,14 @@ class SessionStore:
             except FileNotFoundError:
                 sizes[key] = 0
         return sizes
+
+
+_EDIT_MATCH = "target = ? AND pillar = ? AND op = ? AND risk_tier = ?"
+
+
+def _edit_key(edit: OutcomeEdit) -> tuple[str, str, str, str]:
+    """``edit``'s fields in :data:`_EDIT_MATCH` order."""
+    return (edit.target, edit.pillar, edit.op, edit.risk_tier)
 
 
 def _require_model(model: type[BaseModel], value: object, action: str) -> None:

@@ -134,6 +134,11 @@ def test_bench_reports_every_scenario_with_every_field(tmp_path: Path) -> None:
     assert listing["sessions"] == 20 and listing["outcomes"] == 60
     assert listing["speedup"] > 0 and listing["speedup_ceiling"] > 0
     assert report["targets"]["listing_batched_vs_per_session"]["want"] == ">= 5"
+    reads = scenarios["reads"]
+    for mode in ("on_loop", "on_readers"):
+        check_writers(mode, reads[mode], daemon=True)
+        assert len(reads[mode]["listing_seconds"]) == reads["listings"] == 3
+        assert "listing_error" not in reads[mode]
 
     assert set(report["ratios"]) == {
         "daemon_sync_vs_direct",

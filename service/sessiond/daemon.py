@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import stat
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,10 +81,20 @@ class Heartbeat:
             self._next_status = now + self._status_every
 
 
+READER_SWITCH_INTERVAL = 0.001
+"""Seconds a thread may hold the GIL while another waits for it (CPython's default: 0.005)."""
+
+
 def serve(settings: Settings) -> int:
     """Run the daemon until SIGTERM/SIGINT; return the process exit code."""
     configure_logging(settings.log_level, journal=journal_stream_active())
     os.umask(0o077)  # the index, its WAL and the ipc socket are the owner's alone
+    if settings.query_threads > 0:
+        # A reader busy with a listing holds the GIL up to the switch interval each
+        # time the loop wants it back (after each fsync, each poll). At CPython's
+        # 5 ms a save waited up to 130 ms behind three 2,000-session listings; at
+        # 1 ms, 44 ms, with the same throughput and p99 (measured, `bench --scenarios reads`).
+        sys.setswitchinterval(READER_SWITCH_INTERVAL)
     if not is_loopback(settings.endpoint) and (
         settings.curve_secret_key is None or settings.curve_allowed_dir is None
     ):

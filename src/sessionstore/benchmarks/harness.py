@@ -217,8 +217,10 @@ class DaemonProcess:
         durability: str,
         config: str | None = None,
         log_path: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.learning_root = learning_root
+        self.env = dict(env or {})
         self.db_path = learning_root / "distillation.db"
         self.durability = durability
         self.config = config
@@ -254,6 +256,7 @@ class DaemonProcess:
             "NOTIFY_SOCKET": str(notify_path),
             "OPENJARVIS_HOME": str(self.learning_root.parent),
             "SESSIONSTORE_CONFIG": self.config or "",
+            **self.env,
         }
         command = [
             sys.executable, "-m", "sessionstore", "serve",

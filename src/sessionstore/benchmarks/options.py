@@ -24,9 +24,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--scenarios",
-        default="direct,sync,pipelined,ceiling,contention,listing",
+        default="direct,sync,pipelined,ceiling,contention,listing,reads",
         help="comma-separated subset of direct, sync, pipelined, ceiling, contention, listing, "
-        "rss (rss, 1M stored outcomes, is not in the default set)",
+        "reads, rss (rss, 1M stored outcomes, is not in the default set)",
     )
     parser.add_argument(
         "--reconcile-files",
@@ -52,11 +52,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--listing-sessions",
         type=int,
         default=2000,
-        help="sessions the listing scenario stores and lists (default 2000)",
+        help="sessions the listing and reads scenarios store and list (default 2000)",
     )
     parser.add_argument(
         "--listing-outcomes",
         type=int,
         default=10,
-        help="outcomes per session in the listing scenario (default 10)",
+        help="outcomes per session in the listing and reads scenarios (default 10)",
     )

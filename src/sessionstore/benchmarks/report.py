@@ -210,6 +210,9 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
         row(f"direct vs {lock:g}s lock", c["direct_under_lock"])
         files = c["daemon_under_reconcile"]["reconcile"]["files"]
         row(f"daemon vs reconcile ({files} files)", c["daemon_under_reconcile"])
+    if "reads" in scenarios:
+        for mode, label in (("on_loop", "reads on the loop"), ("on_readers", "reads on readers")):
+            row(f"daemon sync, {label}", scenarios["reads"][mode])
     if table.row_count:
         console.print(table)
     if "contention" in scenarios:
@@ -218,6 +221,12 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
         console.print(
             f"reconcile during contention: {rec['files']} files in {rec['seconds']:.2f}s, {outcome}"
         )
+    if "reads" in scenarios:
+        for mode in ("on_loop", "on_readers"):
+            r = scenarios["reads"][mode]
+            took = ", ".join(f"{t:.2f}" for t in r["listing_seconds"])
+            error = f" ({r['listing_error']})" if "listing_error" in r else ""
+            console.print(f"reads {mode.replace('_', ' ')}: listings took {took} s{error}")
     if "rss" in scenarios:
         r = scenarios["rss"]
         console.print(

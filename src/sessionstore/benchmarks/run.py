@@ -17,6 +17,9 @@ Scenarios (each on a fresh index in its own directory of the work dir):
   sessions with ``--listing-outcomes`` outcomes each, against the original's one
   query per session, with the floor any Python listing has (see
   :mod:`sessionstore.benchmarks.listing`);
+* ``reads``: two sync writers' latency while a client lists that index three
+  times, with reads answered on the loop (``query_threads = 0``) and by reader
+  threads (the default);
 * ``rss`` (only when asked for): daemon RSS after a tenth of ``--rss-outcomes``
   pipelined outcomes and after all of them.
 

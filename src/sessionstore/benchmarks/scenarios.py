@@ -21,14 +21,14 @@ from sessionstore.benchmarks.harness import (
     WorkerGroup,
     latency_summary,
 )
-from sessionstore.benchmarks.listing import bench_listing
+from sessionstore.benchmarks.listing import bench_listing, fill
 from sessionstore.benchmarks.workers import WorkerKind, WorkerSpec, hold_write_lock
 from sessionstore.client import SessionStoreClient
 from sessionstore.errors import SessionStoreError
 from sessionstore.store import Durability, SessionStore
 
-ALL_SCENARIOS = ("direct", "sync", "pipelined", "ceiling", "contention", "listing", "rss")
-DEFAULT_SCENARIOS = ("direct", "sync", "pipelined", "ceiling", "contention", "listing")
+ALL_SCENARIOS = ("direct", "sync", "pipelined", "ceiling", "contention", "listing", "reads", "rss")
+DEFAULT_SCENARIOS = ("direct", "sync", "pipelined", "ceiling", "contention", "listing", "reads")
 CONTENTION_CYCLES = 2
 """Lock-hold cycles of the contention scenario's other writer."""
 MAX_RELEASE_SECONDS = 1.0
@@ -36,6 +36,10 @@ MAX_RELEASE_SECONDS = 1.0
 writers get. Without a gap it would re-take the lock before any waiting writer's
 busy handler wakes up, and every direct save would fail: true, but not a fair test."""
 RECONCILE_TIMEOUT = 3600.0
+READS_LISTINGS = 3
+"""Full listings the reads scenario asks for while its writers save."""
+READS_WRITERS = 2
+"""Sync writers in the reads scenario: enough to see a stall, few enough not to hide it."""
 RSS_FIRST_FRACTION = 10
 """The rss scenario reads the daemon's RSS after 1/10 of --rss-outcomes, then after all."""
 
@@ -366,6 +370,60 @@ def listing(opts: BenchOptions, root: Path, progress: Progress) -> dict[str, Any
     }
 
 
+def reads(opts: BenchOptions, root: Path, progress: Progress) -> dict[str, Any]:
+    """Sync writers' latency while a client lists the whole index, reads on the loop vs readers."""
+    learning = root / "learning"
+    learning.mkdir(parents=True)
+    progress(f"reads: filling an index with {opts.listing_sessions} sessions")
+    store = SessionStore(learning / "distillation.db", durability="normal")
+    try:
+        fill(store, opts.listing_sessions, opts.listing_outcomes)
+    finally:
+        store.close()
+    report: dict[str, Any] = {"listings": READS_LISTINGS, "writers": READS_WRITERS}
+    for label, threads in (("on_loop", "0"), ("on_readers", None)):
+        env = {"SESSIONSTORE_QUERY_THREADS": threads} if threads is not None else {}
+        with DaemonProcess(
+            learning, durability=opts.durability, config=opts.config, env=env
+        ) as daemon:
+            progress(
+                f"reads ({label.replace('_', ' ')}): {READS_WRITERS} sync writers while a "
+                f"client lists {opts.listing_sessions} sessions {READS_LISTINGS} times"
+            )
+            report[label] = _writers_during_listings(opts, daemon, label)
+            report[label]["daemon"] = _daemon_report(daemon)
+    return report
+
+
+def _writers_during_listings(opts: BenchOptions, daemon: DaemonProcess, tag: str) -> dict[str, Any]:
+    listing_seconds: list[float] = []
+    listing_error: list[str] = []
+    specs = _client_specs(opts, "sync", daemon.address, f"reads-{tag}", 0, until_stop=True)
+    specs = specs[:READS_WRITERS]
+    with WorkerGroup(specs, watch=daemon.check) as group:
+
+        def list_then_stop() -> None:
+            try:
+                with SessionStoreClient(daemon.address, timeout=120.0) as client:
+                    for _ in range(READS_LISTINGS):
+                        started = time.perf_counter()
+                        client.list_sessions()
+                        listing_seconds.append(round(time.perf_counter() - started, 3))
+            except SessionStoreError as err:
+                listing_error.append(f"{type(err).__name__}: {err}")
+            finally:
+                group.stop_event.set()
+
+        thread = threading.Thread(target=list_then_stop, name="bench-listing", daemon=True)
+        result = group.run(after_start=thread.start)
+        thread.join()
+    report = _writers(result, len(specs), "each client.save_outcome call during the listings")
+    report["listing_seconds"] = listing_seconds
+    if listing_error:
+        report["listing_error"] = listing_error[0]
+    return report
+
+
 RUNNERS: dict[str, Callable[[BenchOptions, Path, Progress], dict[str, Any]]] = {
     "direct": direct,
     "sync": daemon_writers("sync"),
@@ -373,5 +431,6 @@ RUNNERS: dict[str, Callable[[BenchOptions, Path, Progress], dict[str, Any]]] = {
     "ceiling": ceiling,
     "contention": contention,
     "listing": listing,
+    "reads": reads,
     "rss": rss,
 }

@@ -7,13 +7,13 @@ replies — an ack before COMMIT would promise durability we do not have. Reads
 (get_session, list_sessions, list_outcomes) go to reader threads with their own
 read-only connections (:mod:`sessiond.queries`), handed over after the batch, so a
 client that saved and then asks sees its save; the loop sends their replies.
-Maintenance work (checkpoint, reconcile, integrity) arrives as :class:`Task`
-generators from other threads and runs here, one slice per turn, between batches.
+Maintenance work (checkpoint, reconcile, integrity) arrives as a
+:class:`~sessiond.tasks.Task` from other threads and runs here, one slice per
+turn, between batches, or on a thread of its own (:mod:`sessiond.tasks`).
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import math
@@ -21,9 +21,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -33,6 +32,7 @@ from sessiond.logs import RateLimited
 from sessiond.queries import READ_OPS, Readers, reply
 from sessiond.security import enable_curve
 from sessiond.stats import IngestStats
+from sessiond.tasks import OffLoopTasks, SlicedTasks, Task
 from sessionstore import protocol
 from sessionstore.config import Settings
 from sessionstore.errors import (
@@ -47,29 +47,12 @@ from sessionstore.store import SessionStore, Write, WriteResult
 
 log = logging.getLogger("sessiond.ingest")
 
-Steps = Generator[None, None, Any]
 # Bounded drain on shutdown: what was received gets answered, but a client that
 # keeps sending cannot hold the daemon up past systemd's stop timeout.
 SHUTDOWN_DRAIN_SECONDS = 10.0
 IDLE_POLL_MS = 1000
 QUERY_QUEUE_MAX = 256
 """Reads waiting for a reader thread at most; more are refused as ``unavailable``."""
-
-
-@dataclass(eq=False)
-class Task:
-    """Maintenance work for the loop: ``steps`` yields after each slice, returns the result.
-
-    A task with ``off_loop`` instead runs that callable on a thread of its own: work
-    that needs no write connection (an integrity check on a read-only one) and cannot
-    be sliced. Its future is still settled on the loop, where replies are sent.
-    """
-
-    name: str
-    make_steps: Callable[[], Steps] | None
-    future: Future[Any] = field(default_factory=Future)
-    steps: Steps | None = None
-    off_loop: Callable[[], Any] | None = None
 
 
 class IngestLoop:
@@ -89,11 +72,8 @@ class IngestLoop:
         self._context = context
         self._router = context.socket(zmq.ROUTER)
         self._tasks: queue.Queue[Task] = queue.Queue()
-        self._running: collections.deque[Task] = collections.deque()
-        self._off_loop: set[Task] = set()
-        self._finished: queue.SimpleQueue[tuple[Task, Any, BaseException | None]] = (
-            queue.SimpleQueue()
-        )
+        self._sliced = SlicedTasks()
+        self._off_loop = OffLoopTasks(self._wake)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -174,7 +154,7 @@ class IngestLoop:
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         while not self._stopping:
-            timeout = 0 if self._running else self._idle_poll_ms
+            timeout = 0 if self._sliced else self._idle_poll_ms
             events = dict(poller.poll(timeout))
             if self._wake_r in events:
                 self._take_tasks()
@@ -182,8 +162,8 @@ class IngestLoop:
             self.idle = self._router not in events
             if not self.idle:
                 self._serve_batch()
-            if self._running:
-                self._run_slice()
+            if self._sliced:
+                self._sliced.run_slice()
             elif self.idle:
                 self._reject_log.flush(expired_only=True)
             self._heartbeat()
@@ -208,39 +188,13 @@ class IngestLoop:
                 self._launch(self._tasks.get_nowait())
             except queue.Empty:
                 break
-        self._settle_off_loop()
+        self._off_loop.settle()
 
     def _launch(self, task: Task) -> None:
         if task.off_loop is None:
-            self._running.append(task)
-            return
-        self._off_loop.add(task)
-        threading.Thread(
-            target=self._run_off_loop, args=(task,), name=f"sessiond-{task.name}", daemon=True
-        ).start()
-
-    def _run_off_loop(self, task: Task) -> None:
-        assert task.off_loop is not None
-        try:
-            self._finished.put((task, task.off_loop(), None))
-        except BaseException as err:  # handed to the loop, which settles the future
-            self._finished.put((task, None, err))
-        self._wake()
-
-    def _settle_off_loop(self) -> None:
-        while True:
-            try:
-                task, result, err = self._finished.get_nowait()
-            except queue.Empty:
-                return
-            if task not in self._off_loop:
-                continue  # refused at shutdown already
-            self._off_loop.discard(task)
-            if err is None:
-                task.future.set_result(result)
-            else:
-                log.error("%s failed: %s", task.name, err, exc_info=err)
-                task.future.set_exception(err)
+            self._sliced.add(task)
+        else:
+            self._off_loop.start(task)
 
     def _drain_for_shutdown(self) -> None:
         deadline = time.monotonic() + SHUTDOWN_DRAIN_SECONDS
@@ -249,14 +203,8 @@ class IngestLoop:
         self._await_answers(deadline)
         with self._submit_lock:  # _stopping is set: once we hold this, nothing more comes
             self._take_tasks()
-        for task in self._running:
-            if task.steps is not None:
-                task.steps.close()
-            task.future.set_exception(ShuttingDown(f"{task.name}: sessiond is shutting down"))
-        self._running.clear()
-        for task in self._off_loop:  # their threads finish on their own; the result is dropped
-            task.future.set_exception(ShuttingDown(f"{task.name}: sessiond is shutting down"))
-        self._off_loop.clear()
+        self._sliced.refuse_all()
+        self._off_loop.refuse_all()
 
     def _await_answers(self, deadline: float) -> None:
         """Send the replies of reads still with the readers, until they are done or time is up."""
@@ -460,23 +408,6 @@ class IngestLoop:
         task.future.add_done_callback(reply)  # runs on this thread: the loop settles futures
         self._launch(task)
 
-    def _run_slice(self) -> None:
-        task = self._running[0]
-        try:
-            if task.steps is None:
-                assert task.make_steps is not None  # off-loop tasks never reach _running
-                task.steps = task.make_steps()
-            next(task.steps)
-            return
-        except StopIteration as done:
-            task.future.set_result(done.value)
-        except Exception as err:
-            log.error(
-                "%s failed: %s", task.name, err, exc_info=not isinstance(err, SessionStoreError)
-            )
-            task.future.set_exception(err)
-        self._running.popleft()
-
     def _reject(self, identity: bytes, request_id: str | None, err: SessionStoreError) -> None:
         self._count_rejection(request_id, err)
         self._send(identity, protocol.encode_error(request_id, err))
@@ -500,7 +431,7 @@ class IngestLoop:
         report.update(self.store.counts())
         report["address"] = self.settings.endpoint
         report["db_path"] = str(self.settings.index_path)
-        report["tasks_pending"] = len(self._running) + len(self._off_loop) + self._tasks.qsize()
+        report["tasks_pending"] = len(self._sliced) + len(self._off_loop) + self._tasks.qsize()
         report["reads_pending"] = 0 if self._readers is None else self._readers.pending
         for name, handler in self._admin.items():
             if name.startswith("status:"):

@@ -18,7 +18,8 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from sessiond.ingest import IngestLoop, Steps, Task
+from sessiond.ingest import IngestLoop
+from sessiond.tasks import Steps, Task
 from sessionstore.config import Settings
 from sessionstore.store import SessionStore
 

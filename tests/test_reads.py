@@ -182,3 +182,27 @@ def test_sigterm_answers_the_reads_already_with_the_readers(
     assert sorted(r["id"] for r in replies) == sorted(f"r{n}" for n in range(12))
     assert all(r["ok"] and len(r["result"]) == 1000 for r in replies)
     assert "unanswered at shutdown" not in d.stderr()
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_with_a_full_read_queue_still_stops_in_bounded_time(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """256 listings of 2,000 sessions wait for two readers (about a minute of work):
+    the drain answers what it can in its 10 s, drops the rest, and the daemon exits."""
+    d = daemon_factory(filled_root(tmp_path / "learning", 2000, 10)).start()
+    sock = raw_socket(d.address, SNDHWM=0)
+    for n in range(300):
+        sock.send(protocol.encode_request(f"q{n}", "list_sessions", status=None, limit=None))
+    probe = SessionStoreClient(d.address, timeout=10)
+    for _ in range(500):
+        if probe.status()["reads_pending"] >= 200:
+            break
+    else:
+        pytest.fail("the reads never queued up")
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(60) == 0
+    assert "unanswered at shutdown" in d.stderr()
+    assert "did not finish" not in d.stderr()  # readers stop after their current listing
+    sock.close()

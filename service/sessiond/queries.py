@@ -128,7 +128,17 @@ class Readers:
             yield done
 
     def close(self, timeout: float) -> None:
-        """Stop the readers once the queries already queued are answered; close their stores."""
+        """Stop the readers after the queries they are on; close their stores.
+
+        Queries still waiting are dropped unanswered (the loop has given up on them
+        by now), which also makes room for the stop markers: a full queue would
+        otherwise block this put, and the daemon's exit with it.
+        """
+        while True:
+            try:
+                self._inbox.get_nowait()
+            except queue.Empty:
+                break
         for _ in self._threads:
             self._inbox.put(None)
         for thread in self._threads:

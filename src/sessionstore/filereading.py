@@ -1,9 +1,11 @@
-"""Reading the authoritative files safely: read-only, bounded, strict JSON.
+"""Reading the authoritative files safely: inside sessions/, read-only, bounded, strict JSON.
 
 Used by reconcile on files it does not own: nothing here creates, follows out of,
-or blocks on anything under ``sessions/`` (no symlink following at open, no
-waiting on a FIFO, a size cap), and every refusal is an :class:`UnusableFile`
-whose message is a one-line reason fit for a report.
+or blocks on anything under ``sessions/`` (:func:`locate` refuses symlinks that
+resolve elsewhere and anything but a regular file; no symlink following at open,
+no waiting on a FIFO, a size cap), and every refusal is an :class:`UnusableFile`
+whose message is a one-line reason fit for a report. :func:`settled` says when a
+file's size/mtime may be recorded as a :data:`FileState`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,21 @@ import math
 import os
 import re
 import stat
+import time
+from pathlib import Path
 from typing import Any
+
+SESSIONS_DIR = "sessions"
+"""The directory under the learning root that holds one directory per session."""
 
 MAX_FILE_BYTES = 32 << 20
 """A session.json or plan.json larger than this is reported, not read."""
+
+SETTLE_SECONDS = 2.0
+"""A file modified more recently than this is reconciled but its state is not recorded."""
+
+FileState = tuple[str, int, int, str]
+"""(path relative to the learning root, size, mtime_ns, session id), as recorded."""
 
 
 class UnusableFile(Exception):
@@ -25,6 +38,41 @@ class UnusableFile(Exception):
 
 def inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def locate(path: Path, real_sessions: str) -> tuple[str, os.stat_result]:
+    """The path to open and its stat; refuses symlinks out of sessions/ and non-files.
+
+    ``real_sessions`` is the real path of sessions/. A missing file raises
+    :class:`FileNotFoundError`: what absence means is the caller's to say.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise UnusableFile(f"cannot stat: {err.strerror or err}") from None
+    target = str(path)
+    if stat.S_ISLNK(st.st_mode):
+        target = os.path.realpath(path)
+        if not inside(target, real_sessions):
+            raise UnusableFile("symlink resolves outside sessions/")
+        try:
+            st = os.stat(target)
+        except OSError as err:
+            raise UnusableFile(f"broken symlink: {err.strerror or err}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UnusableFile("not a regular file")
+    return target, st
+
+
+def settled(st: os.stat_result) -> bool:
+    """Modified at least SETTLE_SECONDS ago: its size/mtime may be recorded.
+
+    A file rewritten within the filesystem's timestamp granularity could otherwise
+    keep a stale recorded state (git's "racily clean" problem).
+    """
+    return st.st_mtime_ns <= time.time_ns() - int(SETTLE_SECONDS * 1e9)
 
 
 _OPEN_FLAGS = (

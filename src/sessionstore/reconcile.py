@@ -19,75 +19,59 @@ It runs in slices so the daemon can interleave it with ingestion on its one
 loop thread: :func:`reconcile_steps` is a generator, each ``next()`` handles at
 most ``slice_files`` files: one short ``apply_batch`` transaction for the index
 writes, one for upgraded placeholders (only when there are any), then one for the
-file states, so a state is recorded only after what it stands for. No transaction or file is held open across
-a yield, so a pass can be abandoned (``close()``) at any point.
+file states, so a state is recorded only after what it stands for. No transaction
+or file is held open across a yield, so a pass can be abandoned (``close()``) at
+any point.
 
-The Edit fields an outcome row needs (pillar, op, target, risk_tier, rationale)
-come from the sibling ``plan.json`` (never from ``plan_path``, which could point
-anywhere). When that file is missing, invalid or lacks the edit, the outcome is
-written with a **placeholder**: ``pillar='engine'``, ``op='set_model_param'``,
-``risk_tier='manual'``, ``target='sessionstore:unknown-edit'`` (the marker to
-query for: ``WHERE target = 'sessionstore:unknown-edit'``) and a rationale saying
-why. The index only accepts real enum values, so the marker lives in ``target``;
-``manual`` because a person should look at such a row. When a later pass parses
-that session and plan.json now has the edit (same ``edit_id``), the placeholder
-rows are given the edit's fields in place; rows with real edit fields are never
-touched (the UPDATE itself requires the placeholder's). For a session left with
-placeholder rows, plan.json's size/mtime is recorded too, and an incremental pass
-re-parses the session when plan.json changed even though session.json did not.
+This module is the pass: diff, parents first, write, count, report. Files are
+found and read by :mod:`sessionstore.sessiondirs` (session.json, checked as a save
+is) over :mod:`sessionstore.filereading` (safe, strict reading). The Edit fields an
+outcome row needs come from the sibling ``plan.json``, or are a **placeholder**
+when it lacks the edit (:mod:`sessionstore.plans`, which says how to find such
+rows). When a later pass parses that session and plan.json now has the edit (same
+``edit_id``), the placeholder rows are given the edit's fields in place; rows with
+real edit fields are never touched (the UPDATE itself requires the placeholder's).
+For a session left with placeholder rows, plan.json's size/mtime is recorded too,
+and an incremental pass re-parses the session when plan.json changed even though
+session.json did not.
 
 A file's size/mtime is recorded only once it has been reconciled, and only when
-its mtime is at least :data:`SETTLE_SECONDS` old: a file rewritten within the
-filesystem's timestamp granularity could otherwise keep a stale entry (git's
-"racily clean" problem). A fresh file is therefore parsed once more next pass.
-JSON that is not standard JSON (``NaN``, ``Infinity``, numbers overflowing a
-float) is refused: the index cannot store non-finite values faithfully. A session
-is then checked exactly as a save is (:func:`sessionstore.records.checked`, which
-also refuses nesting deeper than ``MAX_NESTING``), so reconcile never indexes what
-``save_session`` would refuse.
+it has :func:`~sessionstore.filereading.settled` (its mtime is at least
+``SETTLE_SECONDS`` old). A fresh file is therefore parsed once more next pass.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import stat
 import time
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ValidationError
-
 from sessionstore.errors import InvalidRecord, ReadOnlyStore
-from sessionstore.filereading import UnusableFile, inside, one_line, parse_json, read_bytes
-from sessionstore.models import EditOutcome, LearningPlan, LearningSession
-from sessionstore.records import OutcomeEdit, checked, describe_validation_error
+from sessionstore.filereading import SESSIONS_DIR, FileState, UnusableFile, inside, locate, one_line
+from sessionstore.models import EditOutcome, LearningSession
+from sessionstore.plans import (
+    PLACEHOLDER,
+    PLACEHOLDER_TARGET,
+    outcome_edit,
+    placeholder_edit,
+    plan_changed,
+    plan_rel,
+    read_plan,
+)
+from sessionstore.records import OutcomeEdit
+from sessionstore.sessiondirs import (
+    SESSION_FILE,
+    SessionFile,
+    list_session_dirs,
+    parents_first,
+    read_session,
+    session_rel,
+)
 from sessionstore.store import OutcomeWrite, SessionStore, SessionWrite, Write, WriteResult
-
-SESSIONS_DIR = "sessions"
-SESSION_FILE = "session.json"
-PLAN_FILE = "plan.json"
-SETTLE_SECONDS = 2.0
-"""A file modified more recently than this is reconciled but its state is not recorded."""
-
-PLACEHOLDER_TARGET = "sessionstore:unknown-edit"
-
-
-def placeholder_edit(why: str) -> OutcomeEdit:
-    """The Edit fields for an outcome whose edit is not in a readable plan.json."""
-    return OutcomeEdit(
-        pillar="engine",
-        op="set_model_param",
-        target=PLACEHOLDER_TARGET,
-        risk_tier="manual",
-        rationale=f"reconcile placeholder: {why}",
-    )
-
-
-PLACEHOLDER = placeholder_edit("")
-"""What marks a placeholder row: these pillar, op, target and risk_tier (any rationale)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,36 +115,12 @@ class ReconcileResult:
 
 
 @dataclass(slots=True)
-class _Parsed:
-    name: str
-    rel: str
-    session: LearningSession
-    size: int
-    mtime_ns: int
-    settled: bool
-
-
-@dataclass(slots=True)
 class _Change:
-    item: _Parsed
+    item: SessionFile
     row: Literal["insert", "update"] | None
     missing: list[EditOutcome]
     placeholders: list[str] = field(default_factory=list)
     """Edit ids of this session's placeholder rows in the index, one per row."""
-
-
-FileState = tuple[str, int, int, str]
-"""(path relative to the learning root, size, mtime_ns, session id), as recorded."""
-
-
-@dataclass(slots=True)
-class _Plan:
-    """What a sibling plan.json offers: edits by id, and why an absent one gets a placeholder."""
-
-    edits: dict[str, OutcomeEdit]
-    why: str
-    state: FileState | None = None
-    """The file's, when it was found and has settled: recorded if placeholders remain."""
 
 
 @dataclass(slots=True)
@@ -250,7 +210,7 @@ class _Run:
         self.states: dict[str, tuple[int, int]] = {}
         self.not_yet_read: set[str] = set()
         self.with_file: set[str] = set()
-        self.deferred: list[_Parsed] = []
+        self.deferred: list[SessionFile] = []
         self.real_sessions = ""
         self.placeholders: dict[str, list[str]] = {}
 
@@ -274,7 +234,7 @@ class _Run:
             yield
         if self.deferred:
             self.known |= self.store.session_ids()
-            ordered, orphans = _parents_first(self.deferred, self.known)
+            ordered, orphans = parents_first(self.deferred, self.known)
             for orphan in orphans:
                 self._parent_unknown(orphan)
             for start in range(0, len(ordered), self.slice_files):
@@ -294,31 +254,15 @@ class _Run:
     # -- reading files -------------------------------------------------------
 
     def _list(self) -> list[tuple[str, bool]]:
-        """Session directory names (sorted) and whether each is a symlink."""
         try:
-            scan = os.scandir(self.sessions)
-        except FileNotFoundError:
+            return list_session_dirs(self.sessions)
+        except UnusableFile as err:
+            self._invalid(SESSIONS_DIR, str(err))
             return []
-        except OSError as err:
-            self._invalid(SESSIONS_DIR, f"cannot list directory: {err.strerror or err}")
-            return []
-        entries = []
-        with scan:
-            for entry in scan:
-                name = entry.name
-                if name in {"", ".", ".."} or "/" in name or (os.altsep or "/") in name:
-                    continue
-                try:
-                    if entry.is_dir():
-                        entries.append((name, entry.is_symlink()))
-                except OSError:
-                    continue
-        entries.sort()
-        return entries
 
-    def _read_session(self, name: str, dir_is_link: bool, names: set[str]) -> _Parsed | None:
+    def _read_session(self, name: str, dir_is_link: bool, names: set[str]) -> SessionFile | None:
         """Stat, and if changed read and parse, one session.json; None when nothing to do."""
-        rel = f"{SESSIONS_DIR}/{name}/{SESSION_FILE}"
+        rel = session_rel(name)
         if dir_is_link:
             real = os.path.realpath(self.sessions / name)
             if os.path.dirname(real) == self.real_sessions and os.path.basename(real) in names:
@@ -327,7 +271,7 @@ class _Run:
                 self._invalid(rel, "directory is a symlink that resolves outside sessions/")
                 return None
         try:
-            path, st = self._locate(self.sessions / name / SESSION_FILE)
+            path, st = locate(self.sessions / name / SESSION_FILE, self.real_sessions)
         except FileNotFoundError:
             return None  # a running session: it has a directory but no session.json yet
         except UnusableFile as err:
@@ -346,96 +290,20 @@ class _Run:
             return None
         self.result.parsed += 1
         try:
-            data, fst = read_bytes(path)
-            session = _storable_session(parse_json(data))
-            if session.id != name:
-                raise UnusableFile(f"id {session.id!r} does not match directory {name!r}")
+            return read_session(path, name)
         except UnusableFile as err:
             self._invalid(rel, str(err))
             return None
-        return _Parsed(name, rel, session, fst.st_size, fst.st_mtime_ns, _settled(fst))
 
     def _plan_changed(self, name: str) -> bool:
-        """Whether a session with placeholder rows has a plan.json unlike the one last read.
-
-        One stat, only for such sessions: how an incremental pass notices that plan.json
-        gained the missing edits while session.json (and its recorded state) did not change.
-        """
-        if name not in self.placeholders:
-            return False
-        try:
-            _, st = self._locate(self.sessions / name / PLAN_FILE)
-        except FileNotFoundError:
-            return False  # nothing to take the edits from
-        except UnusableFile:
-            return True  # parsed again, so the plan.json is reported again
-        return self.states.get(_plan_rel(name)) != (st.st_size, st.st_mtime_ns)
-
-    def _locate(self, path: Path) -> tuple[str, os.stat_result]:
-        """The path to open and its stat; refuses symlinks out of sessions/ and non-files."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            raise
-        except OSError as err:
-            raise UnusableFile(f"cannot stat: {err.strerror or err}") from None
-        target = str(path)
-        if stat.S_ISLNK(st.st_mode):
-            target = os.path.realpath(path)
-            if not inside(target, self.real_sessions):
-                raise UnusableFile("symlink resolves outside sessions/")
-            try:
-                st = os.stat(target)
-            except OSError as err:
-                raise UnusableFile(f"broken symlink: {err.strerror or err}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise UnusableFile("not a regular file")
-        return target, st
-
-    def _plan_edits(self, item: _Parsed) -> _Plan:
-        """The sibling plan.json's edits by id, and why an absent edit gets a placeholder.
-
-        Its state is the stat taken before reading: if the file changes in between, the
-        recorded state is the older one and the next pass reads it again.
-        """
-        rel = _plan_rel(item.name)
-        try:
-            path, st = self._locate(self.sessions / item.name / PLAN_FILE)
-        except FileNotFoundError:
-            return _Plan({}, "no plan.json")
-        except UnusableFile as err:
-            self._invalid(rel, str(err))
-            return _Plan({}, "plan.json is invalid")
-        state = (rel, st.st_size, st.st_mtime_ns, item.name) if _settled(st) else None
-        try:
-            plan = LearningPlan.model_validate(parse_json(read_bytes(path)[0]))
-            if plan.session_id != item.name:
-                raise UnusableFile(
-                    f"session_id {plan.session_id!r} does not match directory {item.name!r}"
-                )
-        except ValidationError as err:
-            self._invalid(rel, describe_validation_error("not a valid plan", err))
-            return _Plan({}, "plan.json is invalid", state)
-        except UnusableFile as err:
-            self._invalid(rel, str(err))
-            return _Plan({}, "plan.json is invalid", state)
-        edits: dict[str, OutcomeEdit] = {}
-        for edit in plan.edits:
-            edits.setdefault(
-                edit.id,
-                OutcomeEdit(
-                    edit.pillar.value,
-                    edit.op.value,
-                    edit.target,
-                    edit.risk_tier.value,
-                    edit.rationale,
-                ),
-            )
-        return _Plan(edits, "", state)
+        """Only a session with placeholder rows has its plan.json stat-ed (see plan_changed)."""
+        return name in self.placeholders and plan_changed(
+            self.sessions, self.real_sessions, name, self.states
+        )
 
     # -- diffing and writing --------------------------------------------------
 
-    def _diff(self, item: _Parsed) -> _Change:
+    def _diff(self, item: SessionFile) -> _Change:
         sid = item.session.id
         placeholders = self.placeholders.get(sid, [])
         try:
@@ -449,15 +317,15 @@ class _Run:
         row: Literal["update"] | None = None if _same_row(existing, item.session) else "update"
         return _Change(item, row, _missing(item.session, have), placeholders)
 
-    def _settle(self, items: list[_Parsed], *, final: bool) -> None:
+    def _settle(self, items: list[SessionFile], *, final: bool) -> None:
         """Diff a slice, order row writes parents-first, defer or refuse orphans, apply."""
         changes = [self._diff(item) for item in items]
         ready = [c for c in changes if c.row is None]
         writers = {c.item.session.id: c for c in changes if c.row is not None}
-        ordered, orphans = _parents_first([c.item for c in writers.values()], self.known)
+        ordered, orphans = parents_first([c.item for c in writers.values()], self.known)
         if orphans:  # the daemon may have saved a parent since the pass began
             self.known |= self.store.session_ids()
-            ordered, orphans = _parents_first([c.item for c in writers.values()], self.known)
+            ordered, orphans = parents_first([c.item for c in writers.values()], self.known)
         maybe_later = (
             self.not_yet_read | {p.name for p in self.deferred} | {o.name for o in orphans}
         )
@@ -468,7 +336,7 @@ class _Run:
                 self._parent_unknown(orphan)
         self._apply([writers[item.session.id] for item in ordered] + ready)
 
-    def _parent_unknown(self, item: _Parsed) -> None:
+    def _parent_unknown(self, item: SessionFile) -> None:
         self._invalid(item.rel, f"parent session {item.session.parent_session_id!r} unknown")
 
     def _apply(self, changes: list[_Change]) -> None:
@@ -504,12 +372,12 @@ class _Run:
             planned.states.append((item.rel, item.size, item.mtime_ns, item.session.id))
         if not change.missing and not change.placeholders:
             return planned
-        plan = self._plan_edits(item)
+        plan = read_plan(self.sessions, self.real_sessions, item.name)
+        if plan.problem is not None:
+            self._invalid(plan_rel(item.name), plan.problem)
         for outcome in change.missing:
-            edit = plan.edits.get(outcome.edit_id)
-            planned.placeholder.append(edit is None)
-            if edit is None:
-                edit = placeholder_edit(plan.why or f"edit {outcome.edit_id!r} not in plan.json")
+            edit, is_placeholder = outcome_edit(plan, outcome.edit_id)
+            planned.placeholder.append(is_placeholder)
             planned.writes.append(OutcomeWrite(item.session.id, outcome, edit))
         upgradable = [edit_id for edit_id in change.placeholders if edit_id in plan.edits]
         planned.upgraded_rows = len(upgradable)
@@ -547,28 +415,6 @@ class _Run:
         return True
 
 
-def _plan_rel(name: str) -> str:
-    return f"{SESSIONS_DIR}/{name}/{PLAN_FILE}"
-
-
-def _settled(st: os.stat_result) -> bool:
-    """Modified at least SETTLE_SECONDS ago: its size/mtime may be recorded."""
-    return st.st_mtime_ns <= time.time_ns() - int(SETTLE_SECONDS * 1e9)
-
-
-def _storable_session(raw: object) -> LearningSession:
-    """Validate as the save path does (:func:`checked`), outcomes included.
-
-    Pydantic alone accepts what the index could store but never serve back
-    (``trigger_metadata`` nested past ``MAX_NESTING``: every later listing would fail
-    to serialise), so such a file is reported, like any other unusable one.
-    """
-    try:
-        return checked(LearningSession, raw, "not a valid session")
-    except InvalidRecord as err:
-        raise UnusableFile(str(err)) from None
-
-
 def _missing(session: LearningSession, have: set[str]) -> list[EditOutcome]:
     return [outcome for outcome in session.edit_outcomes if outcome.edit_id not in have]
 
@@ -580,28 +426,6 @@ def _same_row(indexed: LearningSession, filed: LearningSession) -> bool:
         json.loads(indexed.model_dump_json(exclude=exclude))
         == json.loads(filed.model_dump_json(exclude=exclude))
     )
-
-
-def _parents_first(items: list[_Parsed], known: set[str]) -> tuple[list[_Parsed], list[_Parsed]]:
-    """Order items so each parent precedes its children; the rest have no reachable parent."""
-    ordered: list[_Parsed] = []
-    placed: set[str] = set()
-    remaining = items
-    while remaining:
-        left = []
-        for item in remaining:
-            parent = item.session.parent_session_id
-            if parent is None or parent == item.session.id or parent in known or parent in placed:
-                ordered.append(item)
-                placed.add(item.session.id)
-            else:
-                left.append(item)
-        if len(left) == len(remaining):
-            break
-        remaining = left
-    else:
-        remaining = []
-    return ordered, remaining
 
 
 __all__ = [

@@ -406,6 +406,39 @@ def test_listing_is_consistent_while_another_connection_writes(
         writer.close()
 
 
+def test_get_session_sees_one_commit_while_another_connection_writes(
+    db_path: Path, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    """A commit between the row query and the outcome query must not mix two states."""
+    writer = SessionStore(db_path)
+    session = make_session()
+    writer.save_session(session)
+    writer.save_outcome(session.id, make_outcome(), **EDIT)
+    reader = SessionStore(db_path, readonly=True)
+    wrote: list[bool] = []
+
+    def commit_between_queries(sql: str) -> None:
+        if "edit_outcomes" in sql and not wrote:
+            wrote.append(True)
+            changed = session.model_copy(update={"error": "changed"})
+            results = writer.apply_batch(
+                [SessionWrite(changed), OutcomeWrite(session.id, make_outcome(), OUTCOME_EDIT)]
+            )
+            assert all(r.ok for r in results)
+
+    reader._conn.set_trace_callback(commit_between_queries)
+    try:
+        got = reader.get_session(session.id)
+        reader._conn.set_trace_callback(None)
+        assert wrote == [True]
+        assert got is not None and got.error is None and len(got.edit_outcomes) == 1
+        after = reader.get_session(session.id)
+        assert after is not None and after.error == "changed" and len(after.edit_outcomes) == 2
+    finally:
+        reader.close()
+        writer.close()
+
+
 def _corrupt(db_path: Path, sql: str, *params: object) -> None:
     """Change the index behind the store's back, as a broken writer or a bad disk would."""
     conn = sqlite3.connect(db_path)

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -169,11 +169,12 @@ class SessionStore:
 
     def get_session(self, session_id: str) -> LearningSession | None:
         """The session with this id and its outcomes, or None."""
-        with self._lock:
+        with self._read_transaction():
             row = self._read(f"{_SESSION_SELECT} WHERE id = ?", (session_id,)).fetchone()
             if row is None:
                 return None
-            return session_from_row(row, self.list_outcomes(session_id))
+            outcome_rows = self._outcome_rows(session_id)
+        return session_from_row(row, outcomes_from_rows(outcome_rows))
 
     def list_sessions(
         self, status: SessionStatus | None = None, limit: int | None = None
@@ -200,33 +201,44 @@ class SessionStore:
         self, where: str, order: str, params: list[object]
     ) -> tuple[list[Any], list[Any]]:
         """The listed session rows, and all their outcome rows (session id last)."""
+        with self._read_transaction():
+            rows = self._read(f"{_SESSION_SELECT}{where}{order}", params).fetchall()
+            if not rows:
+                return [], []
+            # (session_id, id) is the order idx_outcomes_session already holds: no sort
+            # step, and each session's outcomes still come in insertion order.
+            outcome_rows = self._read(
+                f"SELECT {_OUTCOME_FIELDS}, session_id FROM edit_outcomes WHERE session_id IN "
+                f"(SELECT id FROM learning_sessions{where}{order}) ORDER BY session_id, id",
+                params,
+            ).fetchall()
+        return rows, outcome_rows
+
+    @contextlib.contextmanager
+    def _read_transaction(self) -> Iterator[None]:
+        """One read transaction around several queries, under this store's lock.
+
+        A commit by another connection between two queries would otherwise give a
+        session row from before it and outcomes from after it: a state never committed.
+        """
         with self._lock:
-            # One read transaction for both queries: a commit by another connection in
-            # between would otherwise bring outcomes of sessions the first one did not list.
             self._read("BEGIN")
             try:
-                rows = self._read(f"{_SESSION_SELECT}{where}{order}", params).fetchall()
-                if not rows:
-                    return [], []
-                # (session_id, id) is the order idx_outcomes_session already holds: no sort
-                # step, and each session's outcomes still come in insertion order.
-                outcome_rows = self._read(
-                    f"SELECT {_OUTCOME_FIELDS}, session_id FROM edit_outcomes WHERE session_id IN "
-                    f"(SELECT id FROM learning_sessions{where}{order}) ORDER BY session_id, id",
-                    params,
-                ).fetchall()
+                yield
             finally:
                 self._read("COMMIT")
-        return rows, outcome_rows
 
     def list_outcomes(self, session_id: str) -> list[EditOutcome]:
         """All outcomes of a session in insertion order ([] for an unknown id)."""
         with self._lock:
-            rows = self._read(
-                f"SELECT {_OUTCOME_FIELDS} FROM edit_outcomes WHERE session_id = ? ORDER BY id",
-                (session_id,),
-            ).fetchall()
+            rows = self._outcome_rows(session_id)
         return outcomes_from_rows(rows)
+
+    def _outcome_rows(self, session_id: str) -> list[Any]:
+        return self._read(
+            f"SELECT {_OUTCOME_FIELDS} FROM edit_outcomes WHERE session_id = ? ORDER BY id",
+            (session_id,),
+        ).fetchall()
 
     # -- the daemon's batch entry point -------------------------------------
 

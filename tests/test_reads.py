@@ -130,6 +130,30 @@ def test_a_resent_read_still_running_is_answered_once_to_the_newest_sender(
     assert status["reads_pending"] == 0
 
 
+def test_another_request_under_a_running_id_is_refused_not_answered_with_its_data(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    d = daemon_factory(filled_root(tmp_path / "learning", 2000, 10)).start()
+    a, b = raw_socket(d.address), raw_socket(d.address)
+    probe = SessionStoreClient(d.address, timeout=10)
+    a.send(protocol.encode_request("req-1", "list_sessions", status=None, limit=None))
+    for _ in range(500):
+        if probe.status()["reads_pending"] == 1:
+            break
+    else:
+        pytest.fail("the listing never reached a reader")
+    refused = result_of(b, "req-1", "get_session", session_id="bench-000001")
+    assert refused["ok"] is False and refused["error"]["code"] == "malformed"
+    assert "'req-1' is already in use by a running list_sessions" in refused["error"]["message"]
+    assert a.poll(30_000), "the listing was not answered"
+    listed = json.loads(a.recv())
+    assert listed["id"] == "req-1" and listed["ok"] and len(listed["result"]) == 2000
+    assert not b.poll(500), "the other client got the listing too"
+    # once answered, the id is free again
+    again = result_of(b, "req-1", "get_session", session_id="bench-000001")
+    assert again["ok"] and again["result"]["id"] == "bench-000001"
+
+
 @pytest.mark.timeout(120)
 def test_a_flood_of_reads_is_refused_past_the_queue_and_the_daemon_carries_on(
     tmp_path: Path, daemon_factory: Callable[..., Daemon]

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -55,6 +56,15 @@ QUERY_QUEUE_MAX = 256
 """Reads waiting for a reader thread at most; more are refused as ``unavailable``."""
 
 
+@dataclass(slots=True)
+class _Running:
+    """A read or job being answered: who asked last, and what (to tell a resend apart)."""
+
+    identity: bytes
+    op: str
+    params: dict[str, Any]
+
+
 class IngestLoop:
     def __init__(
         self,
@@ -80,11 +90,11 @@ class IngestLoop:
         self._stopping = False
         self._reject_log = RateLimited(log.warning)
         self._readers: Readers | None = None
-        # Reads and admin jobs still being answered: request id -> who to answer. A
-        # client re-sends a request it has waited on for a second (same id); a resend
+        # Reads and admin jobs still being answered, by request id. A client re-sends
+        # a request it has waited on for a second (same id, same request); a resend
         # that finds its request here is not run again, and the answer goes to the
         # newest sender (a client that reset its socket has a new identity).
-        self._in_progress: dict[str, bytes] = {}
+        self._in_progress: dict[str, _Running] = {}
         self._submit_lock = threading.Lock()
         self.idle = True
 
@@ -232,7 +242,7 @@ class IngestLoop:
         for done in self._readers.answers():
             if done.error is not None:
                 self._count_rejection(done.request_id, done.error)
-            self._send(self._in_progress.pop(done.request_id, done.identity), done.payload)
+            self._send(self._reply_to(done.request_id, done.identity), done.payload)
 
     # -- one turn --------------------------------------------------------------------
 
@@ -349,13 +359,13 @@ class IngestLoop:
             self._reject(identity, request_id, result.error)
 
     def _answer(self, identity: bytes, request: protocol.Request) -> None:
-        if request.id in self._in_progress:
-            self._in_progress[request.id] = identity
-            self.stats.resends_in_progress += 1
+        running = self._in_progress.get(request.id)
+        if running is not None:
+            self._resent(identity, request, running)
             return
         if self._readers is not None and request.op in READ_OPS:
             if self._readers.submit(identity, request):
-                self._in_progress[request.id] = identity
+                self._in_progress[request.id] = _Running(identity, request.op, request.params)
             else:
                 self._reject(
                     identity,
@@ -391,11 +401,36 @@ class IngestLoop:
             raise MalformedRequest(f"op: {request.op!r} is not served by this daemon")
         return handler(request.params)
 
+    def _resent(self, identity: bytes, request: protocol.Request, running: _Running) -> None:
+        """A request whose id is still running: the same request re-sent, or a clash.
+
+        Only an identical request is a resend. Another request under the same id (a
+        client numbering its requests 1, 2, 3…) is refused: answering it with the
+        running request's result would hand one client another's data.
+        """
+        if (request.op, request.params) != (running.op, running.params):
+            self._reject(
+                identity,
+                request.id,
+                MalformedRequest(
+                    f"id: {request.id!r} is already in use by a running {running.op} "
+                    "request; give every request its own id"
+                ),
+            )
+            return
+        running.identity = identity
+        self.stats.resends_in_progress += 1
+
+    def _reply_to(self, request_id: str, identity: bytes) -> bytes:
+        """Who gets a finished request's answer: its newest sender."""
+        running = self._in_progress.pop(request_id, None)
+        return identity if running is None else running.identity
+
     def _start_admin_task(self, identity: bytes, request: protocol.Request, task: Task) -> None:
         """Run an on-demand job through the slice machinery; reply when it finishes."""
 
         def reply(future: Future[Any]) -> None:
-            to = self._in_progress.pop(request.id, identity)
+            to = self._reply_to(request.id, identity)
             err = future.exception()
             if err is None:
                 self._send(to, protocol.encode_ok(request.id, future.result()))
@@ -404,7 +439,7 @@ class IngestLoop:
             else:
                 self._reject(to, request.id, InternalError(f"{task.name} failed: {err}"))
 
-        self._in_progress[request.id] = identity
+        self._in_progress[request.id] = _Running(identity, request.op, request.params)
         task.future.add_done_callback(reply)  # runs on this thread: the loop settles futures
         self._launch(task)
 

@@ -10,6 +10,7 @@ import random
 import re
 import sqlite3
 import struct
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from decimal import Decimal, localcontext
@@ -437,6 +438,29 @@ def test_get_session_sees_one_commit_while_another_connection_writes(
     finally:
         reader.close()
         writer.close()
+
+
+def test_checkpoint_without_waiting_reports_a_reader_at_once_and_keeps_the_busy_timeout(
+    db_path: Path, make_session: MakeSession
+) -> None:
+    store = SessionStore(db_path, busy_timeout=5.0)
+    for _ in range(20):
+        store.save_session(make_session())
+    reader = sqlite3.connect(db_path)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM learning_sessions").fetchone()  # pins the WAL
+        started = time.monotonic()
+        result = store.checkpoint("TRUNCATE", wait=False)
+        assert time.monotonic() - started < 2.5  # waiting would take the 5 s busy timeout
+        assert result.busy is True
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+    assert store._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    assert store.checkpoint("TRUNCATE", wait=False).busy is False
+    assert Path(f"{db_path}-wal").stat().st_size == 0
+    store.close()
 
 
 def _corrupt(db_path: Path, sql: str, *params: object) -> None:

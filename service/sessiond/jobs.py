@@ -61,7 +61,9 @@ def checkpoint_steps(store: SessionStore, mode: str) -> Steps:
     """
     before = store.file_sizes()["wal_bytes"]
     copied = store.checkpoint("PASSIVE")
-    result = store.checkpoint(mode) if mode != "PASSIVE" else copied
+    # Never waits for readers (reader threads, the integrity check, analytics
+    # processes): a busy TRUNCATE is reported and tried again next time.
+    result = store.checkpoint(mode, wait=False) if mode != "PASSIVE" else copied
     after = store.file_sizes()["wal_bytes"]
     yield from ()
     return {

@@ -406,16 +406,34 @@ class SessionStore:
         with self._lock:
             self._read(f"PRAGMA wal_autocheckpoint = {int(pages)}")
 
-    def checkpoint(self, mode: str = "PASSIVE") -> CheckpointResult:
-        """Run ``PRAGMA wal_checkpoint(mode)``; ``busy`` means a reader blocked completion."""
+    def checkpoint(self, mode: str = "PASSIVE", *, wait: bool = True) -> CheckpointResult:
+        """Run ``PRAGMA wal_checkpoint(mode)``; ``busy`` means a reader blocked completion.
+
+        FULL, RESTART and TRUNCATE wait (up to the busy timeout) for readers to move
+        past the WAL. ``wait=False`` does not: it copies what it can and reports
+        ``busy`` at once. The daemon's loop checkpoints that way, since its reader
+        threads, or any analytics process, may be mid-read, and the loop must not
+        stop saving for them.
+        """
         mode = mode.upper()
         if mode not in {"PASSIVE", "FULL", "RESTART", "TRUNCATE"}:
             raise InvalidRecord(
                 f"checkpoint mode: {mode!r} is not PASSIVE, FULL, RESTART or TRUNCATE"
             )
         with self._lock:
-            row = self._read(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            if wait:
+                row = self._read(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            else:
+                row = self._checkpoint_now(mode)
         return CheckpointResult(mode, bool(row[0]), int(row[1]), int(row[2]))
+
+    def _checkpoint_now(self, mode: str) -> Any:
+        busy_ms = self._read("PRAGMA busy_timeout").fetchone()[0]
+        self._read("PRAGMA busy_timeout = 0")
+        try:
+            return self._read(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        finally:
+            self._read(f"PRAGMA busy_timeout = {int(busy_ms)}")
 
     def quick_check(self) -> list[str]:
         """``PRAGMA quick_check``: ``['ok']`` when the file is sound."""

@@ -87,6 +87,8 @@ class IngestLoop:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._wake_lock = threading.Lock()  # against a write into the pipe once it is closed
+        self._pipe_open = True
         self._stopping = False
         self._reject_log = RateLimited(log.warning)
         self._readers: Readers | None = None
@@ -140,7 +142,7 @@ class IngestLoop:
     def request_stop(self) -> None:
         """Ask the loop to drain and return; safe from a signal handler or another thread."""
         self._stopping = True
-        self._wake()
+        self._wake(from_signal=True)
 
     def submit(self, task: Task) -> Future[Any]:
         """Hand maintenance work to the loop; safe from any thread."""
@@ -152,9 +154,19 @@ class IngestLoop:
         self._wake()
         return task.future
 
-    def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # a full pipe: the loop is due to wake anyway
-            os.write(self._wake_w, b"x")
+    def _wake(self, from_signal: bool = False) -> None:
+        """Make the loop's poll return. Every caller queues its work first, so one byte
+        in the pipe serves them all. A thread finishing after :meth:`close` must not
+        write: the descriptor may already belong to another file. A signal handler
+        does not wait for the lock (its own thread may hold it, in close)."""
+        if not self._wake_lock.acquire(blocking=not from_signal):
+            return  # close() holds it: nobody is left to wake
+        try:
+            if self._pipe_open:
+                with contextlib.suppress(BlockingIOError):  # full: the loop is due to wake
+                    os.write(self._wake_w, b"x")
+        finally:
+            self._wake_lock.release()
 
     # -- the loop ------------------------------------------------------------------
 
@@ -184,10 +196,14 @@ class IngestLoop:
     def close(self) -> None:
         self._close_readers()
         self._router.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        with self._wake_lock:
+            self._pipe_open = False
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
-    def _take_tasks(self) -> None:
+    def _take_tasks(self, launch: bool = True) -> None:
+        """Empty the wake pipe, start the tasks handed over (or, at shutdown, refuse
+        them unstarted) and settle the off-loop ones that finished."""
         try:
             while os.read(self._wake_r, 4096):
                 pass
@@ -195,9 +211,13 @@ class IngestLoop:
             pass
         while True:
             try:
-                self._launch(self._tasks.get_nowait())
+                task = self._tasks.get_nowait()
             except queue.Empty:
                 break
+            if launch:
+                self._launch(task)
+            else:
+                task.future.set_exception(ShuttingDown(f"{task.name}: sessiond is shutting down"))
         self._off_loop.settle()
 
     def _launch(self, task: Task) -> None:
@@ -212,7 +232,7 @@ class IngestLoop:
             self._serve_batch()
         self._await_answers(deadline)
         with self._submit_lock:  # _stopping is set: once we hold this, nothing more comes
-            self._take_tasks()
+            self._take_tasks(launch=False)
         self._sliced.refuse_all()
         self._off_loop.refuse_all()
 
@@ -225,7 +245,7 @@ class IngestLoop:
         while readers.pending and time.monotonic() < deadline:
             remaining_ms = math.ceil((deadline - time.monotonic()) * 1000)
             if zmq.select([self._wake_r], [], [], max(remaining_ms, 1) / 1000)[0]:
-                self._take_tasks()
+                self._take_tasks(launch=False)  # stopping: new jobs are refused, not started
             self._send_answers()
         if readers.pending:
             log.warning("%d read(s) unanswered at shutdown", readers.pending)

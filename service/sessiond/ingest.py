@@ -248,13 +248,25 @@ class IngestLoop:
                 self._take_tasks(launch=False)  # stopping: new jobs are refused, not started
             self._send_answers()
         if readers.pending:
-            log.warning("%d read(s) unanswered at shutdown", readers.pending)
+            log.warning(
+                "%d read(s) not done at shutdown: refused as shutting_down", readers.pending
+            )
         self._close_readers()  # before the final checkpoint, which their connections could block
 
     def _close_readers(self) -> None:
-        if self._readers is not None:
-            self._readers.close(timeout=SHUTDOWN_DRAIN_SECONDS)
-            self._readers = None
+        """Stop the readers; the reads they had not started are refused as shutting down
+        (the client re-sends those after its back-off, to whatever serves next)."""
+        if self._readers is None:
+            return
+        dropped = self._readers.close(timeout=SHUTDOWN_DRAIN_SECONDS)
+        self._send_answers()  # the reads the readers were on when told to stop
+        self._readers = None
+        for identity, request in dropped:
+            self._reject(
+                self._reply_to(request.id, identity),
+                request.id,
+                ShuttingDown("sessiond is shutting down: read not started"),
+            )
 
     def _send_answers(self) -> None:
         if self._readers is None:

@@ -127,18 +127,21 @@ class Readers:
             self._pending -= 1
             yield done
 
-    def close(self, timeout: float) -> None:
+    def close(self, timeout: float) -> list[tuple[bytes, protocol.Request]]:
         """Stop the readers after the queries they are on; close their stores.
 
-        Queries still waiting are dropped unanswered (the loop has given up on them
-        by now), which also makes room for the stop markers: a full queue would
-        otherwise block this put, and the daemon's exit with it.
+        Returns the queries still waiting, unanswered, for the loop to refuse (it has
+        given up on them by now). Taking them out also makes room for the stop
+        markers: a full queue would otherwise block this put, and the daemon's exit.
         """
+        dropped: list[tuple[bytes, protocol.Request]] = []
         while True:
             try:
-                self._inbox.get_nowait()
+                item = self._inbox.get_nowait()
             except queue.Empty:
                 break
+            if item is not None:
+                dropped.append(item)
         for _ in self._threads:
             self._inbox.put(None)
         for thread in self._threads:
@@ -146,8 +149,9 @@ class Readers:
                 thread.join(timeout)
         if any(thread.is_alive() for thread in self._threads):
             log.warning("a reader did not finish within %.0fs; its store stays open", timeout)
-            return
-        self._close_stores()
+        else:
+            self._close_stores()
+        return dropped
 
     def _close_stores(self) -> None:
         for store in self._stores:

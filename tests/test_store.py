@@ -10,6 +10,7 @@ import random
 import re
 import sqlite3
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -40,7 +41,7 @@ from sessionstore.models import (
     LearningSession,
     SessionStatus,
 )
-from sessionstore.records import OutcomeEdit, json_text
+from sessionstore.records import OutcomeEdit, gc_paused, json_text
 from sessionstore.store import OutcomeWrite, SessionStore, SessionWrite, Write
 
 MakeSession = Callable[..., LearningSession]
@@ -461,6 +462,33 @@ def test_checkpoint_without_waiting_reports_a_reader_at_once_and_keeps_the_busy_
     assert store.checkpoint("TRUNCATE", wait=False).busy is False
     assert Path(f"{db_path}-wal").stat().st_size == 0
     store.close()
+
+
+def test_overlapping_gc_pauses_resume_the_collector_only_when_the_last_ends() -> None:
+    """Two listings on two threads: the first to finish must not turn the collector on
+    under the other, whose objects the next collection would then walk all at once."""
+    was_enabled = gc.isenabled()
+    gc.enable()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with gc_paused():
+            first_in.set()
+            second_in.wait(5)
+        first_out.set()
+
+    thread = threading.Thread(target=first)
+    try:
+        thread.start()
+        assert first_in.wait(5)
+        with gc_paused():
+            second_in.set()
+            assert first_out.wait(5)
+            assert not gc.isenabled(), "the first pause to end turned the collector back on"
+        assert gc.isenabled()
+    finally:
+        thread.join(5)
+        gc.enable() if was_enabled else gc.disable()
 
 
 def _corrupt(db_path: Path, sql: str, *params: object) -> None:

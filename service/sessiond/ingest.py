@@ -418,7 +418,7 @@ class IngestLoop:
             return
         if isinstance(result, Task):
             self._start_admin_task(identity, request, result)
-        elif isinstance(result, bytes):  # a read's reply, encoded already
+        elif isinstance(result, bytes | bytearray):  # a read's reply, encoded already
             self._send(identity, result)
         else:
             self._send(identity, protocol.encode_ok(request.id, result))
@@ -483,7 +483,7 @@ class IngestLoop:
         self.stats.rejected[err.code] += 1
         self._reject_log(err.code, f"rejected request {request_id or '(no id)'}: {err.code}: {err}")
 
-    def _send(self, identity: bytes, payload: bytes) -> None:
+    def _send(self, identity: bytes, payload: bytes | bytearray) -> None:
         try:
             self._router.send_multipart([identity, payload], zmq.NOBLOCK)
         except zmq.ZMQError as err:  # peer gone or its queue full: it will retry with the same id

@@ -350,10 +350,14 @@ def encode_ok(request_id: str | None, result: Any = None, *, duplicate: bool = F
     return json.dumps(reply, separators=(",", ":")).encode()
 
 
+def ok_reply_head(request_id: str | None) -> bytes:
+    """An ok-reply up to its result: append the result's JSON and ``}`` to finish it."""
+    return f'{{"v":{VERSION},"id":{json.dumps(request_id)},"ok":true,"result":'.encode()
+
+
 def encode_ok_json(request_id: str | None, result_json: bytes) -> bytes:
     """:func:`encode_ok` around a result that is JSON already (a read's records)."""
-    head = f'{{"v":{VERSION},"id":{json.dumps(request_id)},"ok":true,"result":'
-    return head.encode() + result_json + b"}"
+    return ok_reply_head(request_id) + result_json + b"}"
 
 
 def encode_error(request_id: str | None, err: SessionStoreError) -> bytes:

@@ -491,6 +491,42 @@ def test_overlapping_gc_pauses_resume_the_collector_only_when_the_last_ends() ->
         gc.enable() if was_enabled else gc.disable()
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 256])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"status": "completed"}, {"limit": 5}, {"limit": 0}, {"status": "failed", "limit": 2}],
+    ids=["all", "status", "limit", "limit-0", "status-limit"],
+)
+def test_iter_sessions_gives_list_sessions_chunk_by_chunk(
+    store: SessionStore,
+    make_session: MakeSession,
+    make_outcome: MakeOutcome,
+    kwargs: dict[str, Any],
+    chunk: int,
+) -> None:
+    for n in range(9):
+        session = make_session(status=("completed", "failed", "executing")[n % 3])
+        store.save_session(session)
+        for _ in range(n % 4):  # some sessions without outcomes
+            store.save_outcome(session.id, make_outcome(), **EDIT)
+    chunks = list(store.iter_sessions(**kwargs, chunk=chunk))
+    assert all(0 < len(c) <= chunk for c in chunks)
+    assert [s for c in chunks for s in c] == store.list_sessions(**kwargs)
+
+
+def test_iter_sessions_ends_its_read_transaction_when_closed_early(
+    store: SessionStore, db_path: Path, make_session: MakeSession
+) -> None:
+    for _ in range(5):
+        store.save_session(make_session())
+    chunks = store.iter_sessions(chunk=2)
+    assert len(next(chunks)) == 2
+    chunks.close()
+    assert not store._conn.in_transaction
+    with pytest.raises(InvalidRecord, match="status"):
+        next(store.iter_sessions(status="exploded"))
+
+
 def _corrupt(db_path: Path, sql: str, *params: object) -> None:
     """Change the index behind the store's back, as a broken writer or a bad disk would."""
     conn = sqlite3.connect(db_path)

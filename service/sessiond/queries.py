@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,9 +50,10 @@ def reply(store: SessionStore, request: protocol.Request) -> bytes | bytearray:
     """The encoded ok-reply to one read op (the same whether a reader or the loop answers).
 
     A reader shares the GIL with the loop, so no step of a big listing may hold it
-    long: each record is encoded by its own pydantic-core call into one growing
-    buffer (no intermediate dicts, no join and no concatenation copying megabytes in
-    one call), and the records are freed a slice at a time.
+    long, and a listing should not hold every record at once: sessions come 256 at a
+    time from one read transaction, each record is encoded by its own pydantic-core
+    call into one growing buffer (no intermediate dicts, no join copying megabytes
+    in one call), and each chunk is freed before the next is read.
     """
     with gc_paused():  # until the result is freed too: see gc_paused
         return _reply(store, request)
@@ -64,28 +65,30 @@ def _reply(store: SessionStore, request: protocol.Request) -> bytes | bytearray:
         session = store.get_session(params["session_id"])
         return protocol.encode_ok_json(request.id, to_json(session))
     if request.op == "list_sessions":
-        return _list_reply(request.id, store.list_sessions(params["status"], params["limit"]))
+        chunks = store.iter_sessions(params["status"], params["limit"])
+        try:
+            return _list_reply(request.id, chunks)
+        finally:
+            chunks.close()  # ends the read transaction even if encoding failed
     if request.op == "list_outcomes":
-        return _list_reply(request.id, store.list_outcomes(params["session_id"]))
+        return _list_reply(request.id, [store.list_outcomes(params["session_id"])])
     raise InternalError(f"{request.op} is not a read op")
 
 
-RELEASE_SLICE = 256
-"""Records freed per step: dropping 8,000 sessions with their 80,000 outcomes at
-once held the GIL for ~50 ms (measured), a stall for every save meanwhile."""
-
-
-def _list_reply(request_id: str, models: list[Any]) -> bytearray:
-    """The ok-reply holding ``models``, which it empties (freeing them a slice at a time)."""
+def _list_reply(request_id: str, chunks: Iterable[list[Any]]) -> bytearray:
+    """The ok-reply holding every record of ``chunks``; each chunk is encoded and freed
+    before the next is read, so the records never all exist at once."""
     reply = bytearray(protocol.ok_reply_head(request_id))
     reply += b"["
-    for n, model in enumerate(models):
-        if n:
-            reply += b","
-        reply += to_json(model)
+    first = True
+    for chunk in chunks:
+        for model in chunk:
+            if not first:
+                reply += b","
+            reply += to_json(model)
+            first = False
+        chunk.clear()
     reply += b"]}"
-    while models:
-        del models[-RELEASE_SLICE:]
     return reply
 
 

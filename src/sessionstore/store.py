@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -180,22 +180,32 @@ class SessionStore:
         self, status: SessionStatus | None = None, limit: int | None = None
     ) -> list[LearningSession]:
         """Sessions newest ``started_at`` first, outcomes attached, in two queries in all."""
-        where, params = "", list[object]()
-        if status is not None:
-            where = " WHERE status = ?"
-            try:
-                params.append(SessionStatus(status).value)
-            except ValueError:
-                raise InvalidRecord(f"status: {status!r} is not a SessionStatus value") from None
-        order = " ORDER BY started_at DESC"
-        if limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**63:
-                raise InvalidRecord(f"limit: expected a non-negative integer, got {limit!r}")
-            order += " LIMIT ?"
-            params.append(limit)
+        where, order, params = _listing_query(status, limit)
         with gc_paused():  # ~100k objects allocated and none freed: see gc_paused
             rows, outcome_rows = self._fetch_listing(where, order, params)
             return sessions_from_rows(rows, outcome_rows)
+
+    def iter_sessions(
+        self, status: SessionStatus | None = None, limit: int | None = None, *, chunk: int = 256
+    ) -> Generator[list[LearningSession], None, None]:
+        """:meth:`list_sessions`, ``chunk`` sessions at a time, all from one read transaction.
+
+        For the daemon's readers, which encode each chunk and let it go: a listing
+        then holds its reply and one chunk of models, not every model at once (8,000
+        sessions with 80,000 outcomes took a reader ~300 MB). One outcome query per
+        chunk. Close the iterator (or exhaust it) to end the read transaction.
+        """
+        where, order, params = _listing_query(status, limit)
+        with self._read_transaction():
+            cursor = self._read(f"{_SESSION_SELECT}{where}{order}", params)
+            while rows := cursor.fetchmany(chunk):
+                marks = ",".join("?" * len(rows))
+                outcome_rows = self._read(
+                    f"SELECT {_OUTCOME_FIELDS}, session_id FROM edit_outcomes "
+                    f"WHERE session_id IN ({marks}) ORDER BY session_id, id",
+                    [row[0] for row in rows],
+                ).fetchall()
+                yield sessions_from_rows(rows, outcome_rows)
 
     def _fetch_listing(
         self, where: str, order: str, params: list[object]
@@ -460,6 +470,24 @@ class SessionStore:
             except FileNotFoundError:
                 sizes[key] = 0
         return sizes
+
+
+def _listing_query(status: object, limit: object) -> tuple[str, str, list[object]]:
+    """The WHERE and ORDER/LIMIT clauses of a listing, and their parameters; bad values raise."""
+    where, params = "", list[object]()
+    if status is not None:
+        where = " WHERE status = ?"
+        try:
+            params.append(SessionStatus(status).value)
+        except ValueError:
+            raise InvalidRecord(f"status: {status!r} is not a SessionStatus value") from None
+    order = " ORDER BY started_at DESC"
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**63:
+            raise InvalidRecord(f"limit: expected a non-negative integer, got {limit!r}")
+        order += " LIMIT ?"
+        params.append(limit)
+    return where, order, params
 
 
 _EDIT_MATCH = "target = ? AND pillar = ? AND op = ? AND risk_tier = ?"

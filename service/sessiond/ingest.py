@@ -461,7 +461,7 @@ class IngestLoop:
     def _start_admin_task(self, identity: bytes, request: protocol.Request, task: Task) -> None:
         """Run an on-demand job through the slice machinery; reply when it finishes."""
 
-        def reply(future: Future[Any]) -> None:
+        def settle(future: Future[Any]) -> None:
             to = self._reply_to(request.id, identity)
             err = future.exception()
             if err is None:
@@ -472,7 +472,7 @@ class IngestLoop:
                 self._reject(to, request.id, InternalError(f"{task.name} failed: {err}"))
 
         self._in_progress[request.id] = _Running(identity, request.op, request.params)
-        task.future.add_done_callback(reply)  # runs on this thread: the loop settles futures
+        task.future.add_done_callback(settle)  # runs on this thread: the loop settles futures
         self._launch(task)
 
     def _reject(self, identity: bytes, request_id: str | None, err: SessionStoreError) -> None:

@@ -22,7 +22,7 @@ import zmq
 from daemon_helpers import EDIT, outcome, session
 
 from sessionstore import SessionStoreClient
-from sessionstore.errors import DaemonUnavailable, PipelineError
+from sessionstore.errors import DaemonUnavailable, MalformedRequest, PipelineError
 
 
 def test_pipelined_saves_reported_failed_are_not_applied_after_a_restart(daemon_factory) -> None:
@@ -154,3 +154,28 @@ def fake_daemon(answer: Callable[[dict, int], list[dict]]) -> Iterator[FakeDaemo
         router.close()
         context.term()
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("call", "result"),
+    [
+        (lambda c: c.list_sessions(), [{"id": 1}]),
+        (lambda c: c.list_outcomes("s"), [{"edit_id": "e", "status": "exploded"}]),
+        (lambda c: c.get_session("s"), {"id": "s"}),
+        (lambda c: c.list_sessions(), {"not": "a list"}),
+    ],
+    ids=["list_sessions", "list_outcomes", "get_session", "not-a-list"],
+)
+def test_a_reply_that_does_not_validate_raises_our_error_naming_the_op(
+    call: Callable[[SessionStoreClient], object], result: object
+) -> None:
+    def answer(request: dict, earlier: int) -> list[dict]:
+        return [{"v": 1, "id": request["id"], "ok": True, "result": result}]
+
+    with fake_daemon(answer) as fake:
+        client = SessionStoreClient(fake.address, timeout=5)
+        with pytest.raises(
+            MalformedRequest, match=r"(list_sessions|list_outcomes|get_session) reply from sessiond"
+        ):
+            call(client)
+        client.close()

@@ -22,19 +22,21 @@ from typing import Any
 
 import zmq
 import zmq.auth
+from pydantic import TypeAdapter, ValidationError
 
 from sessionstore import protocol
 from sessionstore.config import load_settings
 from sessionstore.errors import (
     ConfigError,
     DaemonUnavailable,
+    MalformedRequest,
     PipelineError,
     RequestTooLarge,
     ShuttingDown,
 )
 from sessionstore.models import EditOutcome, LearningSession, SessionStatus
 from sessionstore.pipeline import Pipeline
-from sessionstore.records import checked_id
+from sessionstore.records import M, checked_id, describe_validation_error, gc_paused
 
 # Resend an unanswered request after this long, doubling up to the cap: long enough
 # that a busy daemon is not flooded with copies, short enough to ride out a restart.
@@ -42,6 +44,22 @@ RETRY_FIRST = 1.0
 RETRY_MAX = 4.0
 _RETRYABLE = (ShuttingDown, DaemonUnavailable)
 """Refusals that mean "not now": retried with back-off until the call's deadline."""
+
+
+_SESSIONS: TypeAdapter[list[LearningSession]] = TypeAdapter(list[LearningSession])
+_OUTCOMES: TypeAdapter[list[EditOutcome]] = TypeAdapter(list[EditOutcome])
+
+
+def _records(adapter: TypeAdapter[list[M]], result: Any, op: str) -> list[M]:
+    """A read's records as models, validated in one call (as the store does); a reply
+    that does not validate is the daemon's fault, reported as one of ours."""
+    try:
+        with gc_paused():
+            return adapter.validate_python(result)
+    except ValidationError as err:
+        raise MalformedRequest(
+            describe_validation_error(f"{op} reply from sessiond", err)
+        ) from None
 
 
 @dataclass(slots=True)
@@ -118,18 +136,18 @@ class SessionStoreClient:
 
     def get_session(self, session_id: str) -> LearningSession | None:
         result = self._query("get_session", session_id=checked_id(session_id, "session_id"))
-        return None if result is None else LearningSession.model_validate(result)
+        return None if result is None else _records(_SESSIONS, [result], "get_session")[0]
 
     def list_sessions(
         self, status: SessionStatus | None = None, limit: int | None = None
     ) -> list[LearningSession]:
         wire_status = None if status is None else getattr(status, "value", status)
         result = self._query("list_sessions", status=wire_status, limit=limit)
-        return [LearningSession.model_validate(item) for item in result]
+        return _records(_SESSIONS, result, "list_sessions")
 
     def list_outcomes(self, session_id: str) -> list[EditOutcome]:
         result = self._query("list_outcomes", session_id=checked_id(session_id, "session_id"))
-        return [EditOutcome.model_validate(item) for item in result]
+        return _records(_OUTCOMES, result, "list_outcomes")
 
     # -- operations ------------------------------------------------------------------
 

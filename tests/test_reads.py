@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,6 +54,14 @@ def result_of(sock: zmq.Socket, request_id: str, op: str, **params: object) -> d
     reply = json.loads(sock.recv())
     assert reply["id"] == request_id
     return reply
+
+
+def wait_for_reads(probe: SessionStoreClient, at_least: int, timeout: float = 30.0) -> None:
+    """Ask the daemon's status until ``at_least`` reads are with its readers."""
+    deadline = time.monotonic() + timeout
+    while probe.status()["reads_pending"] < at_least:
+        if time.monotonic() > deadline:
+            pytest.fail(f"fewer than {at_least} reads reached the readers within {timeout}s")
 
 
 READS: list[tuple[str, dict[str, object]]] = [
@@ -113,11 +122,7 @@ def test_a_resent_read_still_running_is_answered_once_to_the_newest_sender(
     frame = protocol.encode_request("slow-read", "list_sessions", status=None, limit=None)
     first.send(frame)
     first.send(frame)  # a resend on the same connection
-    for _ in range(500):  # two connections keep no order: wait until the first is running
-        if probe.status()["reads_pending"] == 1:
-            break
-    else:
-        pytest.fail("the listing never reached a reader")
+    wait_for_reads(probe, 1)  # two connections keep no order: wait until the first runs
     second.send(frame)  # and one from a client that reset its socket
     assert second.poll(30_000), "no reply to the resent listing"
     reply = json.loads(second.recv())
@@ -137,11 +142,7 @@ def test_another_request_under_a_running_id_is_refused_not_answered_with_its_dat
     a, b = raw_socket(d.address), raw_socket(d.address)
     probe = SessionStoreClient(d.address, timeout=10)
     a.send(protocol.encode_request("req-1", "list_sessions", status=None, limit=None))
-    for _ in range(500):
-        if probe.status()["reads_pending"] == 1:
-            break
-    else:
-        pytest.fail("the listing never reached a reader")
+    wait_for_reads(probe, 1)
     refused = result_of(b, "req-1", "get_session", session_id="bench-000001")
     assert refused["ok"] is False and refused["error"]["code"] == "malformed"
     assert "'req-1' is already in use by a running list_sessions" in refused["error"]["message"]
@@ -192,11 +193,7 @@ def test_sigterm_answers_the_reads_already_with_the_readers(
     sock = raw_socket(d.address)
     for n in range(12):
         sock.send(protocol.encode_request(f"r{n}", "list_sessions", status=None, limit=None))
-    status = SessionStoreClient(d.address, timeout=10)
-    for _ in range(200):
-        if status.status()["reads_pending"] > 0:
-            break
-        sock.poll(10)  # polling interval: the status answer decides
+    wait_for_reads(SessionStoreClient(d.address, timeout=10), 1)
     assert d.proc is not None
     d.proc.send_signal(signal.SIGTERM)
     replies = []
@@ -222,12 +219,7 @@ def test_sigterm_with_a_full_read_queue_stops_in_bounded_time_and_answers_every_
             sock.send(
                 protocol.encode_request(f"c{c}-{n}", "list_sessions", status=None, limit=None)
             )
-    probe = SessionStoreClient(d.address, timeout=10)
-    for _ in range(500):
-        if probe.status()["reads_pending"] >= 200:
-            break
-    else:
-        pytest.fail("the reads never queued up")
+    wait_for_reads(SessionStoreClient(d.address, timeout=10), 200)
     assert d.proc is not None
     d.proc.send_signal(signal.SIGTERM)
     codes: dict[str, int] = {}

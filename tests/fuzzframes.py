@@ -186,6 +186,7 @@ request_shaped = st.fixed_dictionaries(
             "limit",
             "mode",
             "dry_run",
+            "full",
             "extra",
         )
     },

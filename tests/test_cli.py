@@ -217,6 +217,25 @@ def test_reconcile_dry_run_reports_then_reconcile_inserts(run: Run, daemon: Daem
     assert (again["inserted"], again["updated"], again["unchanged"]) == (0, 0, 2)
 
 
+def test_reconcile_full_restores_a_row_a_later_save_made_differ_from_its_file(
+    run: Run, daemon: Daemon
+) -> None:
+    write_session_files(daemon.learning_root, ["f1"])
+    client = SessionStoreClient(daemon.address, timeout=10)
+    assert client.reconcile()["inserted"] == 1  # and its file's size and mtime are recorded
+    indexed = client.get_session("f1")
+    assert indexed is not None and indexed.status.value == "completed"
+    client.save_session(
+        indexed.model_copy(update={"status": SessionStatus.FAILED})
+    )  # the file stays
+    quick = as_json(run("reconcile", "--json", "--address", daemon.address))
+    assert isinstance(quick, dict) and (quick["full"], quick["unchanged"]) == (False, 1)
+    assert client.get_session("f1").status.value == "failed"  # type: ignore[union-attr]
+    full = as_json(run("reconcile", "--full", "--json", "--address", daemon.address))
+    assert isinstance(full, dict) and (full["full"], full["updated"]) == (True, 1)
+    assert client.get_session("f1").status.value == "completed"  # type: ignore[union-attr]
+
+
 def test_integrity_reports_ok(run: Run, daemon: Daemon) -> None:
     seed(daemon)
     result = as_json(run("integrity", "--json", "--address", daemon.address))

@@ -345,6 +345,15 @@ def test_ill_typed_checkpoint_mode_is_malformed_not_internal(own: Daemon) -> Non
     assert "Traceback" not in own.stderr()
 
 
+def test_ill_typed_reconcile_flags_are_malformed_not_internal(own: Daemon) -> None:
+    for flag in ("dry_run", "full"):
+        for value in (1, "yes", None, []):
+            reply = _ask(own, f"{flag}-{value!r}", "reconcile", **{flag: value})
+            assert reply["ok"] is False and reply["error"]["code"] == "malformed", reply
+            assert flag in reply["error"]["message"]
+    assert "Traceback" not in own.stderr()
+
+
 def test_session_id_that_is_saved_can_be_read_back(own: Daemon) -> None:
     """An id is either refused when saved, or it works everywhere an id is taken."""
     frame = _bad_session_frame("empty-id", id="")

@@ -9,6 +9,7 @@ from daemon_helpers import EDIT, Daemon, outcome, session
 from sessionfiles import plan_dict, session_dict, write_session
 
 from sessionstore import SessionStore, SessionStoreClient
+from sessionstore.models import SessionStatus
 
 
 def wait_until(predicate, timeout: float = 30.0, every: float = 0.05):  # type: ignore[no-untyped-def]
@@ -103,3 +104,27 @@ def test_integrity_check_on_demand_reports_ok(daemon: Daemon) -> None:
     client = SessionStoreClient(daemon.address, timeout=30)
     assert client.integrity_check() == {"ok": True, "messages": ["ok"]}
     assert client.status()["integrity_ok"] is True
+
+
+def test_a_scheduled_full_pass_restores_a_row_a_later_save_made_differ(daemon_factory) -> None:
+    d = daemon_factory(
+        extra_env={
+            "SESSIONSTORE_RECONCILE_INTERVAL": "0.5",
+            "SESSIONSTORE_RECONCILE_FULL_INTERVAL": "2",
+            "SESSIONSTORE_RECONCILE_ON_START": "false",
+        }
+    )
+    write_session(d.learning_root, "f1", session_dict("f1"), plan=plan_dict("f1"))
+    d.start()
+    client = SessionStoreClient(d.address, timeout=10)
+    deadline = time.monotonic() + 30
+    while client.get_session("f1") is None:  # the first passes are incremental
+        assert time.monotonic() < deadline, "f1 was never reconciled"
+        time.sleep(0.05)  # polling interval; the deadline decides
+    indexed = client.get_session("f1")
+    assert indexed is not None
+    client.save_session(indexed.model_copy(update={"status": SessionStatus.FAILED}))
+    # only a full pass re-reads the unchanged file (see the CLI test for the contrast)
+    while (got := client.get_session("f1")) is None or got.status.value != "completed":
+        assert time.monotonic() < deadline, "no full pass restored the file's status"
+        time.sleep(0.05)

@@ -85,6 +85,9 @@ class Jobs:
         self._settings = settings
         self.states: dict[str, JobState] = {}
         self.integrity_ok: bool | None = None
+        # The first scheduled pass after start is incremental; the first full one
+        # comes a full interval later (a restart does not make files change).
+        self._last_full_reconcile = time.monotonic()
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -98,7 +101,18 @@ class Jobs:
         mode = "TRUNCATE" if big and self._loop.idle else "PASSIVE"
         return (yield from checkpoint_steps(self._store, mode))
 
-    def _reconcile(self, dry_run: bool) -> Steps:
+    def _scheduled_reconcile(self) -> Steps:
+        """Incremental, except once every ``reconcile_full_interval``: an incremental pass
+        skips a file whose size and mtime it recorded, so only a full one notices an
+        index row that a later save made differ from an unchanged file."""
+        now = time.monotonic()
+        full = now - self._last_full_reconcile >= self._settings.reconcile_full_interval
+        report = yield from self._reconcile(dry_run=False, full=full)
+        if full:
+            self._last_full_reconcile = now
+        return report
+
+    def _reconcile(self, dry_run: bool, full: bool = False) -> Steps:
         from sessionstore.reconcile import reconcile_steps  # only the daemon needs it, at first run
 
         result = yield from reconcile_steps(
@@ -106,8 +120,10 @@ class Jobs:
             self._settings.learning_root,
             dry_run=dry_run,
             slice_files=self._settings.reconcile_slice,
+            full=full,
         )
         report = result.to_dict()
+        report["full"] = full
         if result.invalid:
             log.warning(
                 "reconcile: %d unreadable file(s), e.g. %s: %s",
@@ -145,7 +161,7 @@ class Jobs:
             return self.task(name, off_loop=self._integrity)
         steps = {
             "checkpoint": self._scheduled_checkpoint,
-            "reconcile": lambda: self._reconcile(dry_run=False),
+            "reconcile": self._scheduled_reconcile,
             "prune_request_ids": self._prune,
         }[name]
         return self.task(name, steps)
@@ -232,7 +248,8 @@ class Jobs:
                 "checkpoint", lambda: checkpoint_steps(self._store, p.get("mode", "TRUNCATE"))
             ),
             "reconcile": lambda p: self.task(
-                "reconcile", lambda: self._reconcile(dry_run=p.get("dry_run", False))
+                "reconcile",
+                lambda: self._reconcile(dry_run=p.get("dry_run", False), full=p.get("full", False)),
             ),
             "integrity_check": lambda p: self.task("integrity", off_loop=self._integrity),
             "status:jobs": lambda p: self.status(),

@@ -98,7 +98,9 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 def cmd_reconcile(args: argparse.Namespace) -> int:
     with _client(args) as client:
         client.status()  # no daemon: fail within --timeout; the job itself may take long
-        result = client.reconcile(dry_run=args.dry_run, timeout=max(args.timeout, LONG_JOB_TIMEOUT))
+        result = client.reconcile(
+            dry_run=args.dry_run, full=args.full, timeout=max(args.timeout, LONG_JOB_TIMEOUT)
+        )
     if args.json:
         print_json(result)
     else:
@@ -194,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("reconcile", cmd_reconcile, "make the index agree with the session.json files now")
     p.add_argument(
         "--dry-run", action="store_true", help="report what would change, change nothing"
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="parse every session.json, also those unchanged since the last pass",
     )
     add("integrity", cmd_integrity, "run PRAGMA quick_check in the daemon now")
     p = add("rebuild", cmd_rebuild, "recreate the index from session.json files (daemon stopped)")

@@ -158,8 +158,11 @@ class SessionStoreClient:
     def checkpoint(self, mode: str = "TRUNCATE", *, timeout: float | None = None) -> dict[str, Any]:
         return self._query("checkpoint", mode=mode, timeout=timeout)  # type: ignore[no-any-return]
 
-    def reconcile(self, *, dry_run: bool = False, timeout: float | None = None) -> dict[str, Any]:
-        return self._query("reconcile", dry_run=dry_run, timeout=timeout)  # type: ignore[no-any-return]
+    def reconcile(
+        self, *, dry_run: bool = False, full: bool = False, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Reconcile now; ``full`` parses every file, not only those changed since last time."""
+        return self._query("reconcile", dry_run=dry_run, full=full, timeout=timeout)  # type: ignore[no-any-return]
 
     def integrity_check(self, *, timeout: float | None = None) -> dict[str, Any]:
         return self._query("integrity_check", timeout=timeout)  # type: ignore[no-any-return]

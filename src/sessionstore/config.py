@@ -135,6 +135,12 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(
         default=300.0, gt=0, description="Seconds between reconcile passes."
     )
+    reconcile_full_interval: float = Field(
+        default=86400.0,
+        gt=0,
+        description="Seconds between full reconcile passes, which parse every session.json, "
+        "also those unchanged since the last pass (other passes skip those).",
+    )
     reconcile_on_start: bool = Field(
         default=True,
         description="Run a reconcile a few seconds after start, so the index catches up "

@@ -51,7 +51,7 @@ _FIELDS: dict[str, dict[str, bool]] = {
     "list_outcomes": {"session_id": True},
     "status": {},
     "checkpoint": {"mode": False},
-    "reconcile": {"dry_run": False},
+    "reconcile": {"dry_run": False, "full": False},
     "integrity_check": {},
 }
 _EDIT_KEYS = {"pillar", "op", "target", "risk_tier", "rationale"}
@@ -290,8 +290,9 @@ def _decode_admin(request_id: str, op: str, obj: dict[str, Any]) -> Request:
         not isinstance(params["mode"], str) or params["mode"] not in {"PASSIVE", "TRUNCATE"}
     ):
         raise MalformedRequest("checkpoint: mode must be PASSIVE or TRUNCATE")
-    if "dry_run" in params and not isinstance(params["dry_run"], bool):
-        raise MalformedRequest("reconcile: dry_run must be true or false")
+    for flag in ("dry_run", "full"):
+        if flag in params and not isinstance(params[flag], bool):
+            raise MalformedRequest(f"reconcile: {flag} must be true or false")
     return Request(request_id, op, params=params)
 
 

@@ -223,6 +223,50 @@ def test_missing_outcomes_are_added_in_file_order_with_plan_fields(
     assert reconcile(store, root, full=True).outcomes_added == 0
 
 
+def test_an_outcome_the_file_changed_is_corrected_and_keeps_its_edit_fields(
+    root: Path, store: SessionStore
+) -> None:
+    write_session(root, "s", session_dict("s", outcomes=("e1", "e2")), plan=plan_dict("s"))
+    reconcile(store, root)
+    later = session_dict(
+        "s",
+        edit_outcomes=[
+            outcome_dict("e1", status="rolled_back", error="undone", benchmark_delta=None),
+            outcome_dict("e2"),
+        ],
+    )
+    path = write_session(root, "s", later, mtime_ns=OLD_MTIME_NS + 10**9)
+    before = outcome_rows(store.db_path, "s")
+
+    dry = reconcile(store, root, dry_run=True)
+    assert (dry.outcomes_corrected, dry.updated) == (1, 1)
+    assert store.list_outcomes("s")[0].status == "applied"  # the dry run wrote nothing
+
+    result = reconcile(store, root)
+    assert (result.outcomes_corrected, result.updated, result.outcomes_added) == (1, 1, 0)
+    assert store.get_session("s") == file_model(path)
+    assert outcome_rows(store.db_path, "s") == before  # edit ids and Edit fields untouched
+    assert reconcile(store, root, full=True).outcomes_corrected == 0
+
+
+def test_an_edit_id_repeated_in_the_index_is_not_corrected(root: Path, store: SessionStore) -> None:
+    """The file has e1 once, the index twice: which row it means is unknown, so neither."""
+    write_session(root, "s", session_dict("s", outcomes=("e1",)), plan=plan_dict("s", ("e1",)))
+    reconcile(store, root)
+    store.save_outcome(
+        "s",
+        EditOutcome.model_validate(outcome_dict("e1", status="skipped")),
+        pillar="agent",
+        op="patch_system_prompt",
+        target="agents.simple.system_prompt",
+        risk_tier="review",
+    )
+    later = session_dict("s", edit_outcomes=[outcome_dict("e1", status="rolled_back")])
+    write_session(root, "s", later, mtime_ns=OLD_MTIME_NS + 10**9)
+    assert reconcile(store, root).outcomes_corrected == 0
+    assert [o.status for o in store.list_outcomes("s")] == ["applied", "skipped"]
+
+
 def test_outcomes_get_placeholders_when_the_plan_cannot_supply_their_edit(
     root: Path, store: SessionStore
 ) -> None:

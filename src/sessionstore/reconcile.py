@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,7 +89,10 @@ class ReconcileResult:
     ``scanned``: session.json files found. ``parsed``: of those, how many were
     opened (the rest matched their recorded size/mtime). ``unchanged``: files that
     needed no write. ``inserted``: sessions new to the index. ``updated``: sessions
-    whose row was rewritten, that got missing outcomes or upgraded placeholders.
+    whose row was rewritten, that got missing outcomes, corrected outcomes or
+    upgraded placeholders. ``outcomes_corrected``: outcome rows rewritten because
+    the file's outcome with that edit id differs (only edit ids that occur once in
+    the file and once in the index: a repeated one does not say which row it means).
     ``outcomes_placeholder``: of ``outcomes_added``, those written with
     :func:`placeholder_edit` fields. ``placeholders_upgraded``: placeholder rows
     already in the index given their edit's fields from a plan.json that now has it.
@@ -105,6 +109,7 @@ class ReconcileResult:
     outcomes_added: int = 0
     outcomes_placeholder: int = 0
     placeholders_upgraded: int = 0
+    outcomes_corrected: int = 0
     invalid: list[InvalidFile] = field(default_factory=list)
     index_only: int = 0
     duration_seconds: float = 0.0
@@ -121,6 +126,8 @@ class _Change:
     missing: list[EditOutcome]
     placeholders: list[str] = field(default_factory=list)
     """Edit ids of this session's placeholder rows in the index, one per row."""
+    corrections: list[EditOutcome] = field(default_factory=list)
+    """The file's outcomes that differ from their one index row with the same edit id."""
 
 
 @dataclass(slots=True)
@@ -315,7 +322,8 @@ class _Run:
             return _Change(item, "insert", list(item.session.edit_outcomes))
         have = {outcome.edit_id for outcome in existing.edit_outcomes}
         row: Literal["update"] | None = None if _same_row(existing, item.session) else "update"
-        return _Change(item, row, _missing(item.session, have), placeholders)
+        corrections = _differing(existing.edit_outcomes, item.session.edit_outcomes)
+        return _Change(item, row, _missing(item.session, have), placeholders, corrections)
 
     def _settle(self, items: list[SessionFile], *, final: bool) -> None:
         """Diff a slice, order row writes parents-first, defer or refuse orphans, apply."""
@@ -340,7 +348,8 @@ class _Run:
         self._invalid(item.rel, f"parent session {item.session.parent_session_id!r} unknown")
 
     def _apply(self, changes: list[_Change]) -> None:
-        """One transaction for the slice's rows, one for upgraded placeholders, one for states."""
+        """One transaction for the slice's rows, then one each for upgraded placeholders,
+        corrected outcomes and file states."""
         planned = [self._plan_writes(change) for change in changes]
         writes = [write for plan in planned for write in plan.writes]
         if self.dry_run:
@@ -348,6 +357,7 @@ class _Run:
         else:
             results = self.store.apply_batch(writes) if writes else []
         upgrades: list[tuple[str, str, OutcomeEdit]] = []
+        corrections: list[tuple[str, EditOutcome]] = []
         states: list[FileState] = []
         end = 0
         for plan in planned:
@@ -355,9 +365,12 @@ class _Run:
             ok = self._count(plan, results[start:end])
             if ok:
                 upgrades += plan.upgrades
+                corrections += [(plan.change.item.session.id, o) for o in plan.change.corrections]
                 states += plan.states
         if upgrades and not self.dry_run:
             self.store.replace_outcome_edits(upgrades, only=PLACEHOLDER)
+        if corrections and not self.dry_run:
+            self.store.correct_outcomes(corrections)
         if states and not self.dry_run:
             self.store.record_file_states(states)
 
@@ -406,13 +419,31 @@ class _Run:
             self._invalid(change.item.rel, f"not indexed: {errors[0]}")
             return False
         result.placeholders_upgraded += planned.upgraded_rows
+        result.outcomes_corrected += len(change.corrections)
         if change.row == "insert":
             result.inserted += 1
-        elif change.row == "update" or change.missing or planned.upgrades:
+        elif change.row == "update" or change.missing or planned.upgrades or change.corrections:
             result.updated += 1
         else:
             result.unchanged += 1
         return True
+
+
+def _differing(indexed: list[EditOutcome], filed: list[EditOutcome]) -> list[EditOutcome]:
+    """The file's outcomes that differ from the index's, matched by an edit id that
+    occurs exactly once on each side."""
+    once_indexed = _by_unique_edit_id(indexed)
+    once_filed = _by_unique_edit_id(filed)
+    return [
+        outcome
+        for edit_id, outcome in once_filed.items()
+        if edit_id in once_indexed and once_indexed[edit_id] != outcome
+    ]
+
+
+def _by_unique_edit_id(outcomes: list[EditOutcome]) -> dict[str, EditOutcome]:
+    counts = Counter(outcome.edit_id for outcome in outcomes)
+    return {o.edit_id: o for o in outcomes if counts[o.edit_id] == 1}
 
 
 def _missing(session: LearningSession, have: set[str]) -> list[EditOutcome]:

@@ -176,6 +176,7 @@ def session_row(session: LearningSession) -> tuple[Any, ...]:
 
 
 def outcome_row(session_id: str, outcome: EditOutcome, edit: OutcomeEdit) -> tuple[Any, ...]:
+    status, delta, cluster_deltas, error, applied_at = outcome_values(outcome)
     return (
         session_id,
         outcome.edit_id,
@@ -183,10 +184,24 @@ def outcome_row(session_id: str, outcome: EditOutcome, edit: OutcomeEdit) -> tup
         edit.op,
         edit.target,
         edit.risk_tier,
+        status,
+        delta,
+        cluster_deltas,
+        edit.rationale,
+        error,
+        applied_at,
+    )
+
+
+OUTCOME_VALUE_COLUMNS = ("status", "benchmark_delta", "cluster_deltas", "error", "applied_at")
+
+
+def outcome_values(outcome: EditOutcome) -> tuple[Any, ...]:
+    """The outcome's own columns (:data:`OUTCOME_VALUE_COLUMNS`), as stored."""
+    return (
         outcome.status,
         outcome.benchmark_delta,
         json.dumps(outcome.cluster_deltas),
-        edit.rationale,
         outcome.error,
         _iso(outcome.applied_at),
     )

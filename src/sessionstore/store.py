@@ -37,11 +37,13 @@ from sessionstore.errors import (
 )
 from sessionstore.models import EditOutcome, LearningSession, SessionStatus
 from sessionstore.records import (
+    OUTCOME_VALUE_COLUMNS,
     OutcomeEdit,
     checked,
     checked_edit,
     checked_id,
     gc_paused,
+    outcome_values,
     outcomes_from_rows,
     session_from_row,
     sessions_from_rows,
@@ -367,6 +369,24 @@ class SessionStore:
             return self._write_many(
                 "UPDATE edit_outcomes SET pillar = ?, op = ?, target = ?, risk_tier = ?, "
                 f"rationale = ? WHERE session_id = ? AND edit_id = ? AND {_EDIT_MATCH}",
+                rows,
+            )
+
+    def correct_outcomes(self, corrections: Sequence[tuple[str, EditOutcome]]) -> int:
+        """Rewrite the outcome fields of each (session id, outcome's edit id) row from
+        ``outcome``; returns rows changed. Only where exactly one row has that edit id:
+        a repeated edit id does not say which row the file means, so it is left alone
+        (the guard is in the UPDATE itself). The Edit fields are kept."""
+        self._require_writable("correct_outcomes")
+        rows = [
+            (*outcome_values(outcome), sid, outcome.edit_id, sid, outcome.edit_id)
+            for sid, outcome in corrections
+        ]
+        assign = ", ".join(f"{column} = ?" for column in OUTCOME_VALUE_COLUMNS)
+        with self._lock:
+            return self._write_many(
+                f"UPDATE edit_outcomes SET {assign} WHERE session_id = ? AND edit_id = ? AND "
+                "(SELECT count(*) FROM edit_outcomes WHERE session_id = ? AND edit_id = ?) = 1",
                 rows,
             )
 

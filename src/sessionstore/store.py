@@ -3,8 +3,11 @@
 A drop-in for OpenJarvis's distillation ``SessionStore`` (same methods, same
 tables), plus what a single-writer daemon needs: a batch entry point that applies
 many saves in one transaction with a SAVEPOINT each, idempotent request ids kept
-in the database, a read-only mode, schema versioning, and maintenance calls
-(checkpoint, integrity check, statistics) so the daemon never touches SQL itself.
+in the database, a read-only mode and schema versioning. The maintenance calls
+reconcile and the daemon's jobs use (checkpoint, integrity check, statistics,
+reconcile's bookkeeping) come from :class:`~sessionstore.maintenance.IndexMaintenance`,
+which ``SessionStore`` inherits: one object, so the daemon never touches SQL itself,
+with the upkeep in its own module so this one reads as the API and the write path.
 """
 
 from __future__ import annotations
@@ -13,9 +16,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-import time
-from collections.abc import Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -35,15 +36,13 @@ from sessionstore.errors import (
     ReadOnlyStore,
     StorageFailure,
 )
+from sessionstore.maintenance import CheckpointResult, IndexMaintenance
 from sessionstore.models import EditOutcome, LearningSession, SessionStatus
 from sessionstore.records import (
-    OUTCOME_VALUE_COLUMNS,
-    OutcomeEdit,
     checked,
     checked_edit,
     checked_id,
     gc_paused,
-    outcome_values,
     outcomes_from_rows,
     session_from_row,
     sessions_from_rows,
@@ -55,19 +54,11 @@ _SESSION_SELECT = f"SELECT {', '.join(schema.SESSION_COLUMNS)} FROM learning_ses
 _OUTCOME_FIELDS = "edit_id, status, benchmark_delta, cluster_deltas, error, applied_at"
 
 
-@dataclass(frozen=True, slots=True)
-class CheckpointResult:
-    mode: str
-    busy: bool
-    wal_frames: int
-    checkpointed_frames: int
-
-
 def _storage_failure(action: str, err: sqlite3.Error) -> StorageFailure:
     return StorageFailure(f"{action}: {err}")
 
 
-class SessionStore:
+class SessionStore(IndexMaintenance):
     """The SQLite index; ``session.json`` files stay the authority.
 
     ``readonly=True`` opens the file with ``mode=ro`` for analytics processes: reads
@@ -322,103 +313,8 @@ class SessionStore:
         except sqlite3.Error as err:
             raise _storage_failure(f"cannot read index {self._db_path}", err) from err
 
-    # -- maintenance: what reconcile and the daemon's jobs need ---------------
-
-    def session_outcome_ids(self, session_id: str) -> set[str]:
-        """The edit ids that already have an outcome row in this session."""
-        with self._lock:
-            rows = self._read(
-                "SELECT edit_id FROM edit_outcomes WHERE session_id = ?", (session_id,)
-            ).fetchall()
-        return {row[0] for row in rows}
-
-    def session_ids(self) -> set[str]:
-        with self._lock:
-            return {row[0] for row in self._read("SELECT id FROM learning_sessions")}
-
-    def outcomes_with_edit(self, edit: OutcomeEdit) -> dict[str, list[str]]:
-        """Per session, the edit id of each outcome row carrying ``edit``'s fields (rationale aside).
-
-        Reconcile asks with its placeholder to find the rows a plan.json may now complete.
-        """
-        with self._lock:
-            rows = self._read(
-                f"SELECT session_id, edit_id FROM edit_outcomes WHERE {_EDIT_MATCH} ORDER BY id",
-                _edit_key(edit),
-            ).fetchall()
-        found: dict[str, list[str]] = {}
-        for session_id, edit_id in rows:
-            found.setdefault(session_id, []).append(edit_id)
-        return found
-
-    def replace_outcome_edits(
-        self, replacements: Sequence[tuple[str, str, OutcomeEdit]], *, only: OutcomeEdit
-    ) -> int:
-        """Give the outcome rows of (session id, edit id) new Edit fields; returns rows changed.
-
-        Only rows still carrying ``only``'s fields (rationale aside) are touched: the
-        guard is in the UPDATE itself, so a row with real edit metadata is never
-        rewritten, whatever was read before.
-        """
-        self._require_writable("replace_outcome_edits")
-        rows = [
-            (e.pillar, e.op, e.target, e.risk_tier, e.rationale, sid, eid, *_edit_key(only))
-            for sid, eid, e in replacements
-        ]
-        with self._lock:
-            return self._write_many(
-                "UPDATE edit_outcomes SET pillar = ?, op = ?, target = ?, risk_tier = ?, "
-                f"rationale = ? WHERE session_id = ? AND edit_id = ? AND {_EDIT_MATCH}",
-                rows,
-            )
-
-    def correct_outcomes(self, corrections: Sequence[tuple[str, EditOutcome]]) -> int:
-        """Rewrite the outcome fields of each (session id, outcome's edit id) row from
-        ``outcome``; returns rows changed. Only where exactly one row has that edit id:
-        a repeated edit id does not say which row the file means, so it is left alone
-        (the guard is in the UPDATE itself). The Edit fields are kept."""
-        self._require_writable("correct_outcomes")
-        rows = [
-            (*outcome_values(outcome), sid, outcome.edit_id, sid, outcome.edit_id)
-            for sid, outcome in corrections
-        ]
-        assign = ", ".join(f"{column} = ?" for column in OUTCOME_VALUE_COLUMNS)
-        with self._lock:
-            return self._write_many(
-                f"UPDATE edit_outcomes SET {assign} WHERE session_id = ? AND edit_id = ? AND "
-                "(SELECT count(*) FROM edit_outcomes WHERE session_id = ? AND edit_id = ?) = 1",
-                rows,
-            )
-
-    def file_states(self) -> dict[str, tuple[int, int]]:
-        """What reconcile recorded per file path: (size, mtime_ns)."""
-        with self._lock:
-            rows = self._read("SELECT path, size, mtime_ns FROM reconcile_files").fetchall()
-        return {row[0]: (row[1], row[2]) for row in rows}
-
-    def record_file_states(self, states: Iterable[tuple[str, int, int, str | None]]) -> None:
-        """Remember (path, size, mtime_ns, session_id) for files reconcile has handled."""
-        self._require_writable("record_file_states")
-        now = time.time()
-        with self._lock:
-            self._write_many(
-                "INSERT INTO reconcile_files (path, size, mtime_ns, session_id, scanned_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
-                "mtime_ns = excluded.mtime_ns, session_id = excluded.session_id, "
-                "scanned_at = excluded.scanned_at",
-                [(*state, now) for state in states],
-            )
-
-    def prune_applied_requests(self, older_than_seconds: float) -> int:
-        """Forget request ids applied longer ago than this; returns how many went."""
-        self._require_writable("prune_applied_requests")
-        cutoff = time.time() - older_than_seconds
-        with self._lock:
-            return self._write_many(
-                "DELETE FROM applied_requests WHERE applied_at < ?", [(cutoff,)]
-            )
-
     def _write_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Run ``sql`` once per row in one write transaction; the maintenance writes use it."""
         self._check_file_identity()
         conn = self._conn
         try:
@@ -429,67 +325,6 @@ class SessionStore:
             self._rollback()
             raise _storage_failure(f"cannot write index {self._db_path}", err) from err
         return changed
-
-    def set_autocheckpoint(self, pages: int) -> None:
-        """SQLite's own checkpoint after commits past ``pages`` WAL pages; 0 turns it off
-        (for ``checkpoint_mode = "off"``, when an external replicator owns checkpoints)."""
-        with self._lock:
-            self._read(f"PRAGMA wal_autocheckpoint = {int(pages)}")
-
-    def checkpoint(self, mode: str = "PASSIVE", *, wait: bool = True) -> CheckpointResult:
-        """Run ``PRAGMA wal_checkpoint(mode)``; ``busy`` means a reader blocked completion.
-
-        FULL, RESTART and TRUNCATE wait (up to the busy timeout) for readers to move
-        past the WAL. ``wait=False`` does not: it copies what it can and reports
-        ``busy`` at once. The daemon's loop checkpoints that way, since its reader
-        threads, or any analytics process, may be mid-read, and the loop must not
-        stop saving for them.
-        """
-        mode = mode.upper()
-        if mode not in {"PASSIVE", "FULL", "RESTART", "TRUNCATE"}:
-            raise InvalidRecord(
-                f"checkpoint mode: {mode!r} is not PASSIVE, FULL, RESTART or TRUNCATE"
-            )
-        with self._lock:
-            if wait:
-                row = self._read(f"PRAGMA wal_checkpoint({mode})").fetchone()
-            else:
-                row = self._checkpoint_now(mode)
-        return CheckpointResult(mode, bool(row[0]), int(row[1]), int(row[2]))
-
-    def _checkpoint_now(self, mode: str) -> Any:
-        busy_ms = self._read("PRAGMA busy_timeout").fetchone()[0]
-        self._read("PRAGMA busy_timeout = 0")
-        try:
-            return self._read(f"PRAGMA wal_checkpoint({mode})").fetchone()
-        finally:
-            self._read(f"PRAGMA busy_timeout = {int(busy_ms)}")
-
-    def quick_check(self) -> list[str]:
-        """``PRAGMA quick_check``: ``['ok']`` when the file is sound."""
-        with self._lock:
-            return [row[0] for row in self._read("PRAGMA quick_check")]
-
-    def integrity_check(self) -> list[str]:
-        with self._lock:
-            return [row[0] for row in self._read("PRAGMA integrity_check")]
-
-    def counts(self) -> dict[str, int]:
-        """Row counts for status reports."""
-        with self._lock:
-            sessions = self._read("SELECT count(*) FROM learning_sessions").fetchone()[0]
-            outcomes = self._read("SELECT count(*) FROM edit_outcomes").fetchone()[0]
-        return {"sessions": int(sessions), "outcomes": int(outcomes)}
-
-    def file_sizes(self) -> dict[str, int]:
-        """Bytes on disk of the database and its WAL (0 when absent)."""
-        sizes = {}
-        for key, suffix in (("db_bytes", ""), ("wal_bytes", "-wal")):
-            try:
-                sizes[key] = os.stat(f"{self._db_path}{suffix}").st_size
-            except FileNotFoundError:
-                sizes[key] = 0
-        return sizes
 
 
 def _listing_query(status: object, limit: object) -> tuple[str, str, list[object]]:
@@ -510,14 +345,6 @@ def _listing_query(status: object, limit: object) -> tuple[str, str, list[object
     return where, order, params
 
 
-_EDIT_MATCH = "target = ? AND pillar = ? AND op = ? AND risk_tier = ?"
-
-
-def _edit_key(edit: OutcomeEdit) -> tuple[str, str, str, str]:
-    """``edit``'s fields in :data:`_EDIT_MATCH` order."""
-    return (edit.target, edit.pillar, edit.op, edit.risk_tier)
-
-
 def _require_model(model: type[BaseModel], value: object, action: str) -> None:
     """Refuse a dict where a model is expected, as SessionStoreClient does (drop-in parity)."""
     if not isinstance(value, model):
@@ -525,6 +352,7 @@ def _require_model(model: type[BaseModel], value: object, action: str) -> None:
 
 
 # The write types are the store's interface too (the daemon builds them); they live in batch.
+# CheckpointResult lives with the maintenance calls and is re-exported here.
 __all__ = [
     "CheckpointResult",
     "Durability",

@@ -1,0 +1,216 @@
+"""IndexMaintenance: what reconcile and the daemon's jobs ask of the index.
+
+Reconcile's bookkeeping (file states, which ids and outcomes a session already
+has, placeholder Edit fields to complete, outcome rows to correct) and the jobs'
+housekeeping (request-id pruning, checkpoints, integrity checks, statistics).
+:class:`~sessionstore.store.SessionStore` inherits it, so callers still see one
+object, the daemon's only door to the index; it lives apart so ``store.py`` reads
+as the drop-in API and the write path, and the upkeep reads on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sessionstore.errors import InvalidRecord
+from sessionstore.models import EditOutcome
+from sessionstore.records import OUTCOME_VALUE_COLUMNS, OutcomeEdit, outcome_values
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointResult:
+    mode: str
+    busy: bool
+    wal_frames: int
+    checkpointed_frames: int
+
+
+_EDIT_MATCH = "target = ? AND pillar = ? AND op = ? AND risk_tier = ?"
+
+
+def _edit_key(edit: OutcomeEdit) -> tuple[str, str, str, str]:
+    """``edit``'s fields in :data:`_EDIT_MATCH` order."""
+    return (edit.target, edit.pillar, edit.op, edit.risk_tier)
+
+
+class IndexMaintenance:
+    """Maintenance calls over the connection, lock and write path of a SessionStore.
+
+    A mixin, not a store of its own: it holds no state and opens nothing, so the
+    one connection and its lock stay with :class:`SessionStore`.
+    """
+
+    if TYPE_CHECKING:
+        # Provided by SessionStore; declared so mypy checks both sides agree.
+        _lock: threading.RLock
+        _db_path: Path
+
+        def _read(
+            self, sql: str, params: Sequence[Any] | dict[str, Any] = ()
+        ) -> sqlite3.Cursor: ...
+
+        def _write_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> int: ...
+
+        def _require_writable(self, action: str) -> None: ...
+
+    def session_outcome_ids(self, session_id: str) -> set[str]:
+        """The edit ids that already have an outcome row in this session."""
+        with self._lock:
+            rows = self._read(
+                "SELECT edit_id FROM edit_outcomes WHERE session_id = ?", (session_id,)
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def session_ids(self) -> set[str]:
+        with self._lock:
+            return {row[0] for row in self._read("SELECT id FROM learning_sessions")}
+
+    def outcomes_with_edit(self, edit: OutcomeEdit) -> dict[str, list[str]]:
+        """Per session, the edit id of each outcome row carrying ``edit``'s fields (rationale aside).
+
+        Reconcile asks with its placeholder to find the rows a plan.json may now complete.
+        """
+        with self._lock:
+            rows = self._read(
+                f"SELECT session_id, edit_id FROM edit_outcomes WHERE {_EDIT_MATCH} ORDER BY id",
+                _edit_key(edit),
+            ).fetchall()
+        found: dict[str, list[str]] = {}
+        for session_id, edit_id in rows:
+            found.setdefault(session_id, []).append(edit_id)
+        return found
+
+    def replace_outcome_edits(
+        self, replacements: Sequence[tuple[str, str, OutcomeEdit]], *, only: OutcomeEdit
+    ) -> int:
+        """Give the outcome rows of (session id, edit id) new Edit fields; returns rows changed.
+
+        Only rows still carrying ``only``'s fields (rationale aside) are touched: the
+        guard is in the UPDATE itself, so a row with real edit metadata is never
+        rewritten, whatever was read before.
+        """
+        self._require_writable("replace_outcome_edits")
+        rows = [
+            (e.pillar, e.op, e.target, e.risk_tier, e.rationale, sid, eid, *_edit_key(only))
+            for sid, eid, e in replacements
+        ]
+        with self._lock:
+            return self._write_many(
+                "UPDATE edit_outcomes SET pillar = ?, op = ?, target = ?, risk_tier = ?, "
+                f"rationale = ? WHERE session_id = ? AND edit_id = ? AND {_EDIT_MATCH}",
+                rows,
+            )
+
+    def correct_outcomes(self, corrections: Sequence[tuple[str, EditOutcome]]) -> int:
+        """Rewrite the outcome fields of each (session id, outcome's edit id) row from
+        ``outcome``; returns rows changed. Only where exactly one row has that edit id:
+        a repeated edit id does not say which row the file means, so it is left alone
+        (the guard is in the UPDATE itself). The Edit fields are kept."""
+        self._require_writable("correct_outcomes")
+        rows = [
+            (*outcome_values(outcome), sid, outcome.edit_id, sid, outcome.edit_id)
+            for sid, outcome in corrections
+        ]
+        assign = ", ".join(f"{column} = ?" for column in OUTCOME_VALUE_COLUMNS)
+        with self._lock:
+            return self._write_many(
+                f"UPDATE edit_outcomes SET {assign} WHERE session_id = ? AND edit_id = ? AND "
+                "(SELECT count(*) FROM edit_outcomes WHERE session_id = ? AND edit_id = ?) = 1",
+                rows,
+            )
+
+    def file_states(self) -> dict[str, tuple[int, int]]:
+        """What reconcile recorded per file path: (size, mtime_ns)."""
+        with self._lock:
+            rows = self._read("SELECT path, size, mtime_ns FROM reconcile_files").fetchall()
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    def record_file_states(self, states: Iterable[tuple[str, int, int, str | None]]) -> None:
+        """Remember (path, size, mtime_ns, session_id) for files reconcile has handled."""
+        self._require_writable("record_file_states")
+        now = time.time()
+        with self._lock:
+            self._write_many(
+                "INSERT INTO reconcile_files (path, size, mtime_ns, session_id, scanned_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
+                "mtime_ns = excluded.mtime_ns, session_id = excluded.session_id, "
+                "scanned_at = excluded.scanned_at",
+                [(*state, now) for state in states],
+            )
+
+    def prune_applied_requests(self, older_than_seconds: float) -> int:
+        """Forget request ids applied longer ago than this; returns how many went."""
+        self._require_writable("prune_applied_requests")
+        cutoff = time.time() - older_than_seconds
+        with self._lock:
+            return self._write_many(
+                "DELETE FROM applied_requests WHERE applied_at < ?", [(cutoff,)]
+            )
+
+    def set_autocheckpoint(self, pages: int) -> None:
+        """SQLite's own checkpoint after commits past ``pages`` WAL pages; 0 turns it off
+        (for ``checkpoint_mode = "off"``, when an external replicator owns checkpoints)."""
+        with self._lock:
+            self._read(f"PRAGMA wal_autocheckpoint = {int(pages)}")
+
+    def checkpoint(self, mode: str = "PASSIVE", *, wait: bool = True) -> CheckpointResult:
+        """Run ``PRAGMA wal_checkpoint(mode)``; ``busy`` means a reader blocked completion.
+
+        FULL, RESTART and TRUNCATE wait (up to the busy timeout) for readers to move
+        past the WAL. ``wait=False`` does not: it copies what it can and reports
+        ``busy`` at once. The daemon's loop checkpoints that way, since its reader
+        threads, or any analytics process, may be mid-read, and the loop must not
+        stop saving for them.
+        """
+        mode = mode.upper()
+        if mode not in {"PASSIVE", "FULL", "RESTART", "TRUNCATE"}:
+            raise InvalidRecord(
+                f"checkpoint mode: {mode!r} is not PASSIVE, FULL, RESTART or TRUNCATE"
+            )
+        with self._lock:
+            if wait:
+                row = self._read(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            else:
+                row = self._checkpoint_now(mode)
+        return CheckpointResult(mode, bool(row[0]), int(row[1]), int(row[2]))
+
+    def _checkpoint_now(self, mode: str) -> Any:
+        busy_ms = self._read("PRAGMA busy_timeout").fetchone()[0]
+        self._read("PRAGMA busy_timeout = 0")
+        try:
+            return self._read(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        finally:
+            self._read(f"PRAGMA busy_timeout = {int(busy_ms)}")
+
+    def quick_check(self) -> list[str]:
+        """``PRAGMA quick_check``: ``['ok']`` when the file is sound."""
+        with self._lock:
+            return [row[0] for row in self._read("PRAGMA quick_check")]
+
+    def integrity_check(self) -> list[str]:
+        with self._lock:
+            return [row[0] for row in self._read("PRAGMA integrity_check")]
+
+    def counts(self) -> dict[str, int]:
+        """Row counts for status reports."""
+        with self._lock:
+            sessions = self._read("SELECT count(*) FROM learning_sessions").fetchone()[0]
+            outcomes = self._read("SELECT count(*) FROM edit_outcomes").fetchone()[0]
+        return {"sessions": int(sessions), "outcomes": int(outcomes)}
+
+    def file_sizes(self) -> dict[str, int]:
+        """Bytes on disk of the database and its WAL (0 when absent)."""
+        sizes = {}
+        for key, suffix in (("db_bytes", ""), ("wal_bytes", "-wal")):
+            try:
+                sizes[key] = os.stat(f"{self._db_path}{suffix}").st_size
+            except FileNotFoundError:
+                sizes[key] = 0
+        return sizes

@@ -6,7 +6,8 @@ one transaction through :meth:`SessionStore.apply_batch`, commits, and only then
 replies — an ack before COMMIT would promise durability we do not have. Reads
 (get_session, list_sessions, list_outcomes) go to reader threads with their own
 read-only connections (:mod:`sessiond.queries`), handed over after the batch, so a
-client that saved and then asks sees its save; the loop sends their replies.
+client that saved and then asks sees its save; the loop sends their replies
+(:mod:`sessiond.in_progress` keeps track of who is owed which answer).
 Maintenance work (checkpoint, reconcile, integrity) arrives as a
 :class:`~sessiond.tasks.Task` from other threads and runs here, one slice per
 turn, between batches, or on a thread of its own (:mod:`sessiond.tasks`).
@@ -23,21 +24,20 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from sessiond.in_progress import InProgress
 from sessiond.logs import RateLimited
-from sessiond.queries import READ_OPS, Readers, reply
+from sessiond.queries import READ_OPS, reply
 from sessiond.security import enable_curve
 from sessiond.stats import IngestStats
 from sessiond.tasks import OffLoopTasks, SlicedTasks, Task
 from sessionstore import protocol
 from sessionstore.config import Settings
 from sessionstore.errors import (
-    DaemonUnavailable,
     InternalError,
     MalformedRequest,
     SessionStoreError,
@@ -52,17 +52,6 @@ log = logging.getLogger("sessiond.ingest")
 # keeps sending cannot hold the daemon up past systemd's stop timeout.
 SHUTDOWN_DRAIN_SECONDS = 10.0
 IDLE_POLL_MS = 1000
-QUERY_QUEUE_MAX = 256
-"""Reads waiting for a reader thread at most; more are refused as ``unavailable``."""
-
-
-@dataclass(slots=True)
-class _Running:
-    """A read or job being answered: who asked last, and what (to tell a resend apart)."""
-
-    identity: bytes
-    op: str
-    params: dict[str, Any]
 
 
 class IngestLoop:
@@ -91,12 +80,7 @@ class IngestLoop:
         self._pipe_open = True
         self._stopping = False
         self._reject_log = RateLimited(log.warning)
-        self._readers: Readers | None = None
-        # Reads and admin jobs still being answered, by request id. A client re-sends
-        # a request it has waited on for a second (same id, same request); a resend
-        # that finds its request here is not run again, and the answer goes to the
-        # newest sender (a client that reset its socket has a new identity).
-        self._in_progress: dict[str, _Running] = {}
+        self._in_progress = InProgress(self.stats, self._send, self._reject, self._count_rejection)
         self._submit_lock = threading.Lock()
         self.idle = True
 
@@ -133,11 +117,7 @@ class IngestLoop:
     def start_readers(self) -> None:
         """Open ``query_threads`` read-only connections and start their threads (0: none,
         the loop answers reads itself)."""
-        if self.settings.query_threads > 0:
-            self._readers = Readers(
-                self.settings.index_path, self.settings.query_threads, QUERY_QUEUE_MAX, self._wake
-            )
-            self._readers.start()
+        self._in_progress.start_readers(self.settings, self._wake)
 
     def request_stop(self) -> None:
         """Ask the loop to drain and return; safe from a signal handler or another thread."""
@@ -180,7 +160,7 @@ class IngestLoop:
             events = dict(poller.poll(timeout))
             if self._wake_r in events:
                 self._take_tasks()
-                self._send_answers()
+                self._in_progress.send_answers()
             self.idle = self._router not in events
             if not self.idle:
                 self._serve_batch()
@@ -194,7 +174,7 @@ class IngestLoop:
         self._reject_log.flush()
 
     def close(self) -> None:
-        self._close_readers()
+        self._in_progress.close_readers(SHUTDOWN_DRAIN_SECONDS)
         self._router.close()
         with self._wake_lock:
             self._pipe_open = False
@@ -230,51 +210,17 @@ class IngestLoop:
         deadline = time.monotonic() + SHUTDOWN_DRAIN_SECONDS
         while time.monotonic() < deadline and self._router.poll(0, zmq.POLLIN):
             self._serve_batch()
-        self._await_answers(deadline)
+        self._in_progress.await_answers(deadline, self._wait_for_wake, SHUTDOWN_DRAIN_SECONDS)
         with self._submit_lock:  # _stopping is set: once we hold this, nothing more comes
             self._take_tasks(launch=False)
         self._sliced.refuse_all()
         self._off_loop.refuse_all()
 
-    def _await_answers(self, deadline: float) -> None:
-        """Send the replies of reads still with the readers, until they are done or time is up."""
-        readers = self._readers
-        if readers is None:
-            return
-        self._send_answers()
-        while readers.pending and time.monotonic() < deadline:
-            remaining_ms = math.ceil((deadline - time.monotonic()) * 1000)
-            if zmq.select([self._wake_r], [], [], max(remaining_ms, 1) / 1000)[0]:
-                self._take_tasks(launch=False)  # stopping: new jobs are refused, not started
-            self._send_answers()
-        if readers.pending:
-            log.warning(
-                "%d read(s) not done at shutdown: refused as shutting_down", readers.pending
-            )
-        self._close_readers()  # before the final checkpoint, which their connections could block
-
-    def _close_readers(self) -> None:
-        """Stop the readers; the reads they had not started are refused as shutting down
-        (the client re-sends those after its back-off, to whatever serves next)."""
-        if self._readers is None:
-            return
-        dropped = self._readers.close(timeout=SHUTDOWN_DRAIN_SECONDS)
-        self._send_answers()  # the reads the readers were on when told to stop
-        self._readers = None
-        for identity, request in dropped:
-            self._reject(
-                self._reply_to(request.id, identity),
-                request.id,
-                ShuttingDown("sessiond is shutting down: read not started"),
-            )
-
-    def _send_answers(self) -> None:
-        if self._readers is None:
-            return
-        for done in self._readers.answers():
-            if done.error is not None:
-                self._count_rejection(done.request_id, done.error)
-            self._send(self._reply_to(done.request_id, done.identity), done.payload)
+    def _wait_for_wake(self, deadline: float) -> None:
+        """Wait for the wake pipe until ``deadline``; stopping: new jobs are refused, not started."""
+        remaining_ms = math.ceil((deadline - time.monotonic()) * 1000)
+        if zmq.select([self._wake_r], [], [], max(remaining_ms, 1) / 1000)[0]:
+            self._take_tasks(launch=False)
 
     # -- one turn --------------------------------------------------------------------
 
@@ -391,22 +337,8 @@ class IngestLoop:
             self._reject(identity, request_id, result.error)
 
     def _answer(self, identity: bytes, request: protocol.Request) -> None:
-        running = self._in_progress.get(request.id)
-        if running is not None:
-            self._resent(identity, request, running)
-            return
-        if self._readers is not None and request.op in READ_OPS:
-            if self._readers.submit(identity, request):
-                self._in_progress[request.id] = _Running(identity, request.op, request.params)
-            else:
-                self._reject(
-                    identity,
-                    request.id,
-                    DaemonUnavailable(
-                        f"sessiond is busy: {QUERY_QUEUE_MAX} reads already waiting; retry later"
-                    ),
-                )
-            return
+        if self._in_progress.take(identity, request):
+            return  # a resend of a running request, or a read for the readers
         try:
             result = self._query(identity, request)
         except SessionStoreError as err:
@@ -416,8 +348,9 @@ class IngestLoop:
             log.exception("%s failed unexpectedly", request.op)
             self._reject(identity, request.id, InternalError(f"{request.op} failed: {err}"))
             return
-        if isinstance(result, Task):
-            self._start_admin_task(identity, request, result)
+        if isinstance(result, Task):  # an on-demand job: replied to when it finishes
+            self._in_progress.answer_when_done(identity, request, result)
+            self._launch(result)
         elif isinstance(result, bytes | bytearray):  # a read's reply, encoded already
             self._send(identity, result)
         else:
@@ -432,48 +365,6 @@ class IngestLoop:
         if handler is None:
             raise MalformedRequest(f"op: {request.op!r} is not served by this daemon")
         return handler(request.params)
-
-    def _resent(self, identity: bytes, request: protocol.Request, running: _Running) -> None:
-        """A request whose id is still running: the same request re-sent, or a clash.
-
-        Only an identical request is a resend. Another request under the same id (a
-        client numbering its requests 1, 2, 3…) is refused: answering it with the
-        running request's result would hand one client another's data.
-        """
-        if (request.op, request.params) != (running.op, running.params):
-            self._reject(
-                identity,
-                request.id,
-                MalformedRequest(
-                    f"id: {request.id!r} is already in use by a running {running.op} "
-                    "request; give every request its own id"
-                ),
-            )
-            return
-        running.identity = identity
-        self.stats.resends_in_progress += 1
-
-    def _reply_to(self, request_id: str, identity: bytes) -> bytes:
-        """Who gets a finished request's answer: its newest sender."""
-        running = self._in_progress.pop(request_id, None)
-        return identity if running is None else running.identity
-
-    def _start_admin_task(self, identity: bytes, request: protocol.Request, task: Task) -> None:
-        """Run an on-demand job through the slice machinery; reply when it finishes."""
-
-        def settle(future: Future[Any]) -> None:
-            to = self._reply_to(request.id, identity)
-            err = future.exception()
-            if err is None:
-                self._send(to, protocol.encode_ok(request.id, future.result()))
-            elif isinstance(err, SessionStoreError):
-                self._reject(to, request.id, err)
-            else:
-                self._reject(to, request.id, InternalError(f"{task.name} failed: {err}"))
-
-        self._in_progress[request.id] = _Running(identity, request.op, request.params)
-        task.future.add_done_callback(settle)  # runs on this thread: the loop settles futures
-        self._launch(task)
 
     def _reject(self, identity: bytes, request_id: str | None, err: SessionStoreError) -> None:
         self._count_rejection(request_id, err)
@@ -499,7 +390,7 @@ class IngestLoop:
         report["address"] = self.settings.endpoint
         report["db_path"] = str(self.settings.index_path)
         report["tasks_pending"] = len(self._sliced) + len(self._off_loop) + self._tasks.qsize()
-        report["reads_pending"] = 0 if self._readers is None else self._readers.pending
+        report["reads_pending"] = self._in_progress.reads_pending
         for name, handler in self._admin.items():
             if name.startswith("status:"):
                 report[name.split(":", 1)[1]] = handler({})

@@ -93,7 +93,8 @@ def serve(settings: Settings) -> int:
         # A reader busy with a listing holds the GIL up to the switch interval each
         # time the loop wants it back (after each fsync, each poll). At CPython's
         # 5 ms a save waited up to 130 ms behind three 2,000-session listings; at
-        # 1 ms, 44 ms, with the same throughput and p99 (measured, `bench --scenarios reads`).
+        # 1 ms, 44 ms, with the same throughput and p99 (measured with `bench --scenarios
+        # reads` before readers freed their results in chunks, which cut it to ~15 ms).
         sys.setswitchinterval(READER_SWITCH_INTERVAL)
     if not is_loopback(settings.endpoint) and (
         settings.curve_secret_key is None or settings.curve_allowed_dir is None

@@ -180,7 +180,7 @@ def _snapshot(text: str | None) -> BenchmarkSnapshot | None:
 
 def list_sessions_unvalidated(store: SessionStore) -> list[LearningSession]:
     """The listing's rows turned into the same objects with no validation: the floor."""
-    rows, outcome_rows = store._fetch_listing("", " ORDER BY started_at DESC", [])
+    rows, outcome_rows = _fetch_rows(store)
     by_session: dict[str, list[EditOutcome]] = {row[0]: [] for row in rows}
     for o in outcome_rows:
         by_session[o[-1]].append(

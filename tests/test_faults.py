@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers import EDIT, Daemon, outcome, session
+from environment import missing
 from sessionfiles import plan_dict, session_dict, write_session
 from stress_helpers import (
     duplicated_outcomes,
@@ -111,7 +112,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
         timeout=30,
     )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+        missing(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
         yield mountpoint
     finally:

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from environment import missing
 from sessiond.systemd import STATUS_MAX_BYTES, Notifier, journal_stream_active
 
 RECV_TIMEOUT = 5.0
@@ -266,7 +267,7 @@ def test_user_unit_uses_the_default_home_clients_also_use() -> None:
 def systemd_analyze() -> str:
     tool = shutil.which("systemd-analyze")
     if tool is None:
-        pytest.skip("systemd-analyze not installed (run .ci/install-systemd-tools)")
+        missing("systemd-analyze not installed (run .ci/install-systemd-tools)")
     return tool
 
 

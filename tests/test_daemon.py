@@ -89,6 +89,43 @@ def test_parallel_writers_every_ack_stored_once_and_in_order(daemon: Daemon) -> 
     assert status["mean_batch_size"] > 1  # group commit happened
 
 
+@pytest.mark.parametrize("size", [3, 40], ids=["small-batch", "set-wise-batch"])
+def test_a_save_refused_inside_a_committed_transaction_leaves_no_trace_of_itself(
+    daemon: Daemon, size: int
+) -> None:
+    """One save_batch frame is one transaction. Its refused save (an outcome for a
+    session the index does not hold: it decodes, and only applying it can refuse it)
+    fails alone: the others commit, and the refused one leaves nothing behind, not
+    even its request id, so the same save re-sent once its session exists is applied
+    (not taken for a duplicate) and stored once."""
+    client = SessionStoreClient(daemon.address, timeout=10)
+    client.save_session(session("s"))
+    refused_at = size // 2
+    items = {
+        f"item-{n}": protocol.encode_save_outcome(
+            f"item-{n}", "later" if n == refused_at else "s", outcome(f"e{n}"), rationale="", **EDIT
+        )
+        for n in range(size)
+    }
+    sock = raw_socket(daemon.address)
+    reply = ask(sock, protocol.encode_save_batch("batch-1", list(items.values())))
+
+    results = {item["id"]: item for item in reply["result"]}
+    assert results.pop(f"item-{refused_at}")["error"]["code"] == "unknown_session"
+    assert all(item["ok"] and not item.get("duplicate") for item in results.values())
+    status = client.status()
+    assert status["batches"] == 2  # the session, then the whole frame in one transaction
+    expected = [f"e{n}" for n in range(size) if n != refused_at]
+    assert stored_edit_ids(daemon.db_path, "s") == expected
+    assert stored_edit_ids(daemon.db_path, "later") == []
+
+    client.save_session(session("later"))
+    again = ask(sock, protocol.encode_save_batch("batch-2", [items[f"item-{refused_at}"]]))
+    assert again["result"] == [{"id": f"item-{refused_at}", "ok": True}]
+    assert stored_edit_ids(daemon.db_path, "later") == [f"e{refused_at}"]
+    assert stored_edit_ids(daemon.db_path, "s") == expected
+
+
 def test_save_for_unknown_session_is_refused_not_acked(daemon: Daemon) -> None:
     client = SessionStoreClient(daemon.address, timeout=10)
     with pytest.raises(UnknownSession, match="nope"):

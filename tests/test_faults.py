@@ -21,12 +21,13 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 from daemon_helpers import EDIT, Daemon, outcome, session
 from environment import missing
-from sessionfiles import plan_dict, session_dict, write_session
+from sessionfiles import edit_dict, outcome_dict, plan_dict, session_dict, write_session
 from stress_helpers import (
     duplicated_outcomes,
     integrity,
@@ -38,6 +39,8 @@ from stress_helpers import (
 
 from sessionstore import SessionStoreClient, protocol
 from sessionstore.errors import StorageFailure
+from sessionstore.models import EditOutcome, LearningSession
+from sessionstore.store import SessionStore
 
 QUIET_JOBS = {  # no scheduled job may touch the files while a test watches them
     "SESSIONSTORE_CHECKPOINT_INTERVAL": "3600",
@@ -252,6 +255,57 @@ def test_index_deleted_while_running_is_refused_not_acknowledged_into_a_dead_fil
     assert d.proc is not None and d.proc.poll() is None
     assert client.status()["db_bytes"] == 0
     assert re.search(rf"ERROR .*{re.escape(str(d.db_path))}", d.stderr())
+
+
+@pytest.mark.parametrize("query_threads", ["2", "0"], ids=["readers", "reads-on-loop"])
+def test_index_replaced_while_running_refuses_saves_keeps_reads_and_loses_nothing_acknowledged(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path, query_threads: str
+) -> None:
+    """``os.replace`` of another database over the index while the daemon runs (a backup
+    restored under it). Nothing may be acknowledged into the file that is no longer the
+    index: every save is refused with a storage error naming the path. Reads keep
+    answering from the index the daemon opened, until it restarts. After the restart the
+    index is the new file, and reconcile brings back what the session.json files hold,
+    so every save acknowledged before the replacement is there again."""
+    d = daemon_factory(extra_env={**QUIET_JOBS, "SESSIONSTORE_QUERY_THREADS": query_threads})
+    write_session(d.learning_root, "kept", session_dict("kept"), plan=plan_dict("kept"))
+    d.start()
+    client = SessionStoreClient(d.address, timeout=10)
+    client.save_session(LearningSession.model_validate(session_dict("kept")))
+    for n, edit_id in enumerate(("e1", "e2")):
+        edit = edit_dict(edit_id, n)
+        client.save_outcome(
+            "kept",
+            EditOutcome.model_validate(outcome_dict(edit_id)),
+            **{key: edit[key] for key in ("pillar", "op", "target", "risk_tier", "rationale")},
+        )
+    before = client.get_session("kept")
+    assert before is not None and [o.edit_id for o in before.edit_outcomes] == ["e1", "e2"]
+
+    replacement = tmp_path / "replacement.db"
+    with closing(SessionStore(replacement)) as other:
+        other.save_session(session("restored"))
+    os.replace(replacement, d.db_path)
+
+    with pytest.raises(StorageFailure, match=re.escape(str(d.db_path))):
+        client.save_outcome("kept", outcome("after-replace"), **EDIT)
+    with pytest.raises(StorageFailure, match="replaced"):
+        client.save_session(session("new-after-replace"))
+    assert re.search(rf"ERROR .*{re.escape(str(d.db_path))}", d.stderr())
+    # reads keep working, from the index the daemon opened
+    assert client.get_session("kept") == before
+    assert [s.id for s in client.list_sessions()] == ["kept"]
+    assert client.get_session("restored") is None
+    assert d.stop() == 0
+
+    d.start()
+    client = SessionStoreClient(d.address, timeout=10)
+    assert client.get_session("restored") is not None  # the new file is the index now
+    assert client.get_session("new-after-replace") is None  # refused: never acknowledged
+    assert client.reconcile(timeout=30)["inserted"] == 1  # the files win
+    assert client.get_session("kept") == before  # outcomes included; "after-replace" is not
+    assert d.stop() == 0
+    assert integrity(d.db_path) == ["ok"]
 
 
 UNREADABLE = {

@@ -28,7 +28,7 @@ import pytest
 import zmq
 from daemon_helpers import EDIT, Daemon, outcome, session
 
-from sessionstore import SessionStoreClient
+from sessionstore import SessionStoreClient, protocol
 from sessionstore.errors import DaemonUnavailable
 
 Factory = Callable[..., Daemon]
@@ -165,6 +165,42 @@ def test_watchdog_keeps_pinging_while_the_daemon_is_busy(daemon_factory: Factory
     gaps = [b - a for a, b in zip(pings, [*pings[1:], finished], strict=True)]
     # pings every 0.2 s; systemd would kill the daemon after WatchdogSec (0.4 s) without one
     assert max(gaps) < 0.4, f"{len(pings) - 1} pings in {finished - started:.2f}s, gaps {gaps}"
+
+
+def test_a_stalled_loop_stops_the_watchdog_pings_and_they_resume_when_it_moves(
+    daemon_factory: Factory,
+) -> None:
+    """The loop thread feeds the watchdog itself, so a loop that is stuck stops feeding
+    it and systemd restarts the daemon; a timer thread would keep pinging for a dead
+    loop. Stall only the loop: another process holds the index's write lock, so the
+    loop's next commit waits in SQLite's busy handler (up to 5 s) while every other
+    thread of the daemon is free to run."""
+    d = daemon_factory(extra_env={"WATCHDOG_USEC": "400000"}).start()  # a ping every 0.2 s
+    assert d.notify is not None
+    client = SessionStoreClient(d.address, timeout=30)
+    client.save_session(session("s"))
+    assert count(receive_for(d, 1.0), "WATCHDOG=1") >= 3  # pinging while healthy
+
+    lock_holder = sqlite3.connect(d.db_path, isolation_level=None)
+    lock_holder.execute("BEGIN IMMEDIATE")  # the write lock: the loop's BEGIN IMMEDIATE waits
+    try:
+        sock = raw_socket(d.address)
+        sock.send(protocol.encode_save_outcome("stalled", "s", outcome("e1"), rationale="", **EDIT))
+        stalled_since = time.monotonic()
+        last_ping = stalled_since
+        d.notify.settimeout(0.05)
+        while (now := time.monotonic()) - last_ping < 1.5:  # 7 missed pings: a stalled loop
+            assert now - stalled_since < 4.0, "WATCHDOG=1 kept coming while the loop was stuck"
+            with contextlib.suppress(TimeoutError):
+                if "WATCHDOG=1" in d.notify.recv(4096).decode().split("\n"):
+                    last_ping = time.monotonic()
+    finally:
+        lock_holder.execute("ROLLBACK")
+        lock_holder.close()
+    assert sock.poll(10_000), "the stalled save was never answered"
+    assert json.loads(sock.recv())["ok"] is True  # it waited for the lock, then committed
+    sock.close()
+    assert count(receive_for(d, 1.0), "WATCHDOG=1") >= 3  # the loop moves: pings resume
 
 
 def test_no_watchdog_pings_when_watchdog_pid_is_another_process(daemon_factory: Factory) -> None:

@@ -811,11 +811,11 @@ def test_batch_write_for_unknown_session_fails_alone(
     good_outcome, orphan, later = make_outcome(), make_outcome(), make_outcome()
     results = store.apply_batch(
         [
-            SessionWrite(a),
-            OutcomeWrite(a.id, good_outcome, OUTCOME_EDIT),
-            OutcomeWrite("ghost-session", orphan, OUTCOME_EDIT),
-            SessionWrite(b),
-            OutcomeWrite(b.id, later, OUTCOME_EDIT),
+            SessionWrite(a, "r-a"),
+            OutcomeWrite(a.id, good_outcome, OUTCOME_EDIT, "r-good"),
+            OutcomeWrite("ghost-session", orphan, OUTCOME_EDIT, "r-orphan"),
+            SessionWrite(b, "r-b"),
+            OutcomeWrite(b.id, later, OUTCOME_EDIT, "r-later"),
         ]
     )
 
@@ -828,6 +828,14 @@ def test_batch_write_for_unknown_session_fails_alone(
     assert store.get_session(b.id) == b.model_copy(update={"edit_outcomes": [later]})
     assert row_count(db_path, "edit_outcomes") == 2
     assert store.list_outcomes("ghost-session") == []
+    # rolled back to its savepoint: not even its request id stayed, so once its
+    # session exists the same save is applied, not taken for a duplicate
+    ghost = make_session(id="ghost-session")
+    retried = store.apply_batch(
+        [SessionWrite(ghost), OutcomeWrite(ghost.id, orphan, OUTCOME_EDIT, "r-orphan")]
+    )
+    assert [(r.ok, r.duplicate) for r in retried] == [(True, False), (True, False)]
+    assert store.list_outcomes("ghost-session") == [orphan]
 
 
 def test_duplicate_request_id_in_one_batch_is_stored_once(

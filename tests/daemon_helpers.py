@@ -88,6 +88,27 @@ class Daemon:
                 return message
         pytest.fail(f"no {assignment} from daemon within {timeout}s: {self.stderr()}")
 
+    def wait_for_stalled_loop(self, quiet: float = 1.5, within: float = 4.0) -> None:
+        """Wait until no WATCHDOG=1 has come for ``quiet`` seconds: the loop is stuck.
+
+        Needs a daemon started with ``WATCHDOG_USEC`` (pings at half of it) and a stall
+        made on purpose (another process holding the index's write lock keeps the loop
+        in SQLite's busy handler for up to 5 s). Fails if pings go on for ``within`` s.
+        """
+        assert self.notify is not None
+        stalled_since = last_ping = _now()
+        self.notify.settimeout(0.05)
+        while (now := _now()) - last_ping < quiet:
+            if now - stalled_since > within:
+                pytest.fail(f"WATCHDOG=1 kept coming for {within}s: the loop is not stalled")
+            try:
+                message = self.notify.recv(4096).decode()
+            except TimeoutError:
+                continue
+            self.messages.append(message)
+            if "WATCHDOG=1" in message.split("\n"):
+                last_ping = _now()
+
     def stderr(self) -> str:
         try:
             return self.stderr_path.read_text(errors="replace")[-4000:]

@@ -84,7 +84,18 @@ def test_learning_root_index_and_socket_are_owner_only_whatever_the_umask(
     assert mode(d.db_path) == 0o600
     sock = root / "sessiond.sock"
     assert stat.S_ISSOCK(sock.lstat().st_mode)
-    assert mode(sock) & 0o077 == 0, f"socket has mode {mode(sock):o}"
+    assert mode(sock) == 0o600, f"socket has mode {mode(sock):o}"
+
+
+def test_socket_mode_setting_admits_the_daemons_group_and_nobody_else(
+    daemon_factory: Callable[..., Daemon],
+) -> None:
+    """socket_mode 0660 (the system unit's) lets the daemon's group connect; the index
+    and its side files stay the owner's alone."""
+    d = daemon_factory(extra_env={"SESSIONSTORE_SOCKET_MODE": "0660"}).start()
+    SessionStoreClient(d.address, timeout=10).save_session(session("s"))
+    assert mode(Path(d.address.removeprefix("ipc://"))) == 0o660
+    assert mode(d.db_path) == 0o600
 
 
 def test_existing_learning_root_open_to_others_is_warned_about(

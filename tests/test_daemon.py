@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -87,6 +88,36 @@ def test_parallel_writers_every_ack_stored_once_and_in_order(daemon: Daemon) -> 
     status = SessionStoreClient(daemon.address, timeout=10).status()
     assert status["requests_applied"] == sum(n for n, _ in writers.values()) + len(writers)
     assert status["mean_batch_size"] > 1  # group commit happened
+
+
+def test_saves_waiting_behind_a_commit_are_committed_together(daemon_factory) -> None:
+    """Group commit: the saves that arrive while a transaction commits wait on the socket,
+    and the next turn commits them all in one transaction, each acknowledged on its own.
+    The commit is held up on purpose (another process holds the index's write lock) so
+    the saves are certain to pile up behind it."""
+    d = daemon_factory(extra_env={"WATCHDOG_USEC": "400000"}).start()
+    client = SessionStoreClient(d.address, timeout=30)
+    client.save_session(session("s"))
+    batches_before = client.status()["batches"]
+    socks = [raw_socket(d.address) for _ in range(20)]
+    lock_holder = sqlite3.connect(d.db_path, isolation_level=None)
+    lock_holder.execute("BEGIN IMMEDIATE")
+    try:
+        for n, sock in enumerate(socks):
+            sock.send(
+                protocol.encode_save_outcome(f"r{n}", "s", outcome(f"e{n}"), rationale="", **EDIT)
+            )
+        d.wait_for_stalled_loop()  # stuck committing the first of them; the rest wait
+    finally:
+        lock_holder.execute("ROLLBACK")
+        lock_holder.close()
+    for n, sock in enumerate(socks):
+        assert sock.poll(10_000), f"save {n} was not answered"
+        assert json.loads(sock.recv())["ok"] is True
+        sock.close()
+    assert sorted(stored_edit_ids(d.db_path, "s")) == sorted(f"e{n}" for n in range(20))
+    batches = client.status()["batches"] - batches_before
+    assert batches <= 3, f"20 saves waiting together took {batches} transactions"
 
 
 @pytest.mark.parametrize("size", [3, 40], ids=["small-batch", "set-wise-batch"])
@@ -179,12 +210,19 @@ def test_every_malformed_frame_gets_an_error_reply_and_changes_nothing(daemon: D
         assert reply["ok"] is False, name
         assert reply["error"]["code"] == code, (name, reply)
         assert reply["error"]["message"], name
+    # well-formed saves that only applying them can refuse: their transaction is rolled
+    # back, not committed (which would write WAL frames for nothing)
+    orphan = protocol.encode_save_outcome("orphan", "nope", outcome("e1"), rationale="", **EDIT)
+    stray = session("stray", parent_session_id="nope")
+    for frame in (orphan, protocol.encode_save_session("stray", stray)):
+        reply = ask(sock, frame)
+        assert reply["error"]["code"] == "unknown_session", reply
     # good traffic continues on the same connection and on others
     good = ask(sock, protocol.encode_request("good-1", "get_session", session_id="keep"))
     assert good["ok"] and good["result"]["id"] == "keep"
     assert (daemon.db_path.read_bytes(), Path(f"{daemon.db_path}-wal").read_bytes()) == before
     rejected = client.status()["requests_rejected"]
-    assert sum(rejected.values()) == len(MALFORMED)
+    assert sum(rejected.values()) == len(MALFORMED) + 2
 
 
 def test_oversized_frame_drops_the_connection_and_the_daemon_carries_on(daemon_factory) -> None:
@@ -205,13 +243,23 @@ def test_retry_with_same_id_after_restart_is_not_applied_twice(daemon_factory) -
     client = SessionStoreClient(d.address, timeout=10)
     client.save_session(session("s"))
     frame = protocol.encode_save_outcome("retry-me", "s", outcome("e1"), rationale="", **EDIT)
+    items = [
+        protocol.encode_save_outcome(f"item-{n}", "s", outcome(f"b{n}"), rationale="", **EDIT)
+        for n in range(50)
+    ]
     sock = raw_socket(d.address)
     assert ask(sock, frame)["ok"] is True
+    first = ask(sock, protocol.encode_save_batch("batch-1", items[:40]))  # the set-wise path
+    assert all(item["ok"] and not item.get("duplicate") for item in first["result"])
     assert d.stop() == 0
     d.start()
-    again = ask(raw_socket(d.address), frame)
+    sock = raw_socket(d.address)
+    again = ask(sock, frame)
     assert again["ok"] is True and again.get("duplicate") is True
-    assert stored_edit_ids(d.db_path, "s") == ["e1"]
+    # the 40 re-sent in one transaction with 10 new ones: only the new are stored
+    mixed = ask(sock, protocol.encode_save_batch("batch-2", items))["result"]
+    assert [bool(item.get("duplicate")) for item in mixed] == [True] * 40 + [False] * 10
+    assert stored_edit_ids(d.db_path, "s") == ["e1", *(f"b{n}" for n in range(50))]
 
 
 def test_sigterm_under_load_loses_no_acknowledged_write(daemon_factory) -> None:

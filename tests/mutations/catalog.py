@@ -1,0 +1,380 @@
+"""The guarantee mutations: for each row of the README's Guarantees table, small named
+breakages of the mechanism that keeps its promise, and the tests that must catch them.
+
+A mutation is a set of exact text edits to one file. ``tests/mutations/run.py``
+applies each to a copy of the tree and runs its row's tests there; a mutation that
+every test survives is a promise nothing proves. The README names, for each row,
+exactly the tests listed here (``tests/test_guarantees.py`` checks both agree, and
+that every edit still applies to the code as it is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    breaks: str
+    """What the mutation does to the mechanism, in one line."""
+    path: str
+    """The file it edits, relative to the repository root."""
+    edits: tuple[tuple[str, str], ...]
+    """(old, new) pairs; each ``old`` occurs exactly once in the file."""
+
+
+@dataclass(frozen=True)
+class Guarantee:
+    title: str
+    """The row's promise as the README's Guarantees table writes it in bold."""
+    tests: tuple[str, ...]
+    """The row's tests, as pytest node ids without parameters."""
+    mutations: tuple[Mutation, ...]
+
+
+GUARANTEES: tuple[Guarantee, ...] = (
+    Guarantee(
+        title="Acknowledged means durable.",
+        tests=(
+            "tests/test_daemon.py::test_sigterm_under_load_loses_no_acknowledged_write",
+            "tests/test_crash.py::test_acknowledged_saves_survive_repeated_sigkill_exactly_once",
+        ),
+        mutations=(
+            Mutation(
+                "commit_after_the_ack",
+                "a batch's transaction is left open and committed by the next batch, after its acks",
+                "src/sessionstore/store.py",
+                (
+                    (
+                        '                conn.execute("COMMIT" if applied else "ROLLBACK")\n',
+                        "                pass\n",
+                    ),
+                    (
+                        '            try:\n                conn.execute("BEGIN IMMEDIATE")\n',
+                        "            try:\n"
+                        "                if conn.in_transaction:\n"
+                        '                    conn.execute("COMMIT")\n'
+                        '                conn.execute("BEGIN IMMEDIATE")\n',
+                    ),
+                ),
+            ),
+            Mutation(
+                "acknowledged_and_rolled_back",
+                "every batch is rolled back instead of committed, and acknowledged all the same",
+                "src/sessionstore/store.py",
+                (
+                    (
+                        'conn.execute("COMMIT" if applied else "ROLLBACK")',
+                        'conn.execute("ROLLBACK")',
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="Exactly once across retries and restarts.",
+        tests=(
+            "tests/test_daemon.py::test_retry_with_same_id_after_restart_is_not_applied_twice",
+            "tests/test_crash.py::test_acknowledged_saves_survive_repeated_sigkill_exactly_once",
+        ),
+        mutations=(
+            Mutation(
+                "applied_ids_not_consulted",
+                "a save whose request id was applied before is applied again",
+                "src/sessionstore/batch.py",
+                (("        if cursor.rowcount == 0:\n", "        if cursor.rowcount < 0:\n"),),
+            ),
+            Mutation(
+                "set_wise_path_ignores_applied_ids",
+                "a batch of outcome saves is inserted whole, ids applied before included",
+                "src/sessionstore/batch.py",
+                (
+                    (
+                        "    fresh = [w for w in outcome_writes if w.request_id not in seen]\n",
+                        "    fresh = list(outcome_writes)\n",
+                    ),
+                    (
+                        '        "INSERT INTO applied_requests (request_id, op, applied_at) '
+                        "VALUES (?, 'save_outcome', ?)\",\n",
+                        '        "INSERT OR IGNORE INTO applied_requests (request_id, op, applied_at) '
+                        "VALUES (?, 'save_outcome', ?)\",\n",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="Group commit; one bad save fails alone.",
+        tests=(
+            "tests/test_daemon.py::test_saves_waiting_behind_a_commit_are_committed_together",
+            "tests/test_daemon.py::test_a_save_refused_inside_a_committed_transaction_leaves_no_trace_of_itself",
+            "tests/test_store.py::test_batch_write_for_unknown_session_fails_alone",
+        ),
+        mutations=(
+            Mutation(
+                "one_request_per_commit",
+                "the loop takes one request off the socket per transaction",
+                "service/sessiond/ingest.py",
+                (
+                    (
+                        "        while len(messages) < batch_max and budget > 0:\n",
+                        "        while len(messages) < 1 and budget > 0:\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "refused_save_not_rolled_back",
+                "a refused save is not rolled back to its savepoint (its request id stays)",
+                "src/sessionstore/batch.py",
+                (
+                    (
+                        '    except SessionStoreError as err:\n        conn.execute("ROLLBACK TO write")\n',
+                        "    except SessionStoreError as err:\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "one_refusal_fails_the_batch",
+                "one refused save fails every save of its transaction",
+                "src/sessionstore/batch.py",
+                (
+                    (
+                        "        return [_apply_in_savepoint(conn, write) for write in writes]\n",
+                        "        failure = UnknownSession('batch refused')\n"
+                        "        return [WriteResult(ok=False, error=failure) for write in writes]\n",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="Bad input never crashes the daemon and changes nothing.",
+        tests=(
+            "tests/test_daemon.py::test_every_malformed_frame_gets_an_error_reply_and_changes_nothing",
+            "tests/test_store.py::test_bad_input_is_refused_by_name_and_changes_nothing",
+        ),
+        mutations=(
+            Mutation(
+                "unknown_fields_accepted",
+                "a request with fields its op does not define is served",
+                "src/sessionstore/protocol.py",
+                (("    if extra:\n", "    if extra and False:\n"),),
+            ),
+            Mutation(
+                "refusals_commit",
+                "a transaction whose every save was refused is committed, not rolled back",
+                "src/sessionstore/store.py",
+                (
+                    (
+                        "                applied = any(r.ok and not r.duplicate for r in results)\n",
+                        "                applied = True\n",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="Storage failures are never acknowledged.",
+        tests=(
+            "tests/test_faults.py::test_failed_commit_is_refused_with_storage_errors_and_writes_resume_after",
+        ),
+        mutations=(
+            Mutation(
+                "storage_failure_acknowledged",
+                "a batch whose commit failed is answered ok",
+                "service/sessiond/ingest.py",
+                (
+                    (
+                        "            results = [WriteResult(ok=False, error=err)] * len(writes)\n",
+                        "            results = [WriteResult(ok=True)] * len(writes)\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "storage_failure_stops_the_daemon",
+                "a failed commit ends the daemon",
+                "service/sessiond/ingest.py",
+                (
+                    (
+                        "            results = [WriteResult(ok=False, error=err)] * len(writes)\n",
+                        "            raise\n",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="A deleted or replaced index is noticed.",
+        tests=(
+            "tests/test_faults.py::test_index_deleted_while_running_is_refused_not_acknowledged_into_a_dead_file",
+            "tests/test_faults.py::test_index_replaced_while_running_refuses_saves_keeps_reads_and_loses_nothing_acknowledged",
+        ),
+        mutations=(
+            Mutation(
+                "index_checked_by_path_only",
+                "the check asks only whether something exists at the index's path",
+                "src/sessionstore/store.py",
+                (
+                    (
+                        "        if st is None or (st.st_dev, st.st_ino) != self._file_identity:\n",
+                        "        if st is None:\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "index_not_checked",
+                "writes go on into whatever file the connection has open",
+                "src/sessionstore/store.py",
+                (
+                    (
+                        '        """Refuse writes once the index file was deleted or replaced under us.\n',
+                        '        return\n        """Refuse writes once the index file was deleted or replaced under us.\n',
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="Bounded under overload.",
+        tests=(
+            "tests/test_overload.py::test_fifty_clients_at_once_lose_nothing_acknowledged_and_memory_stays_bounded",
+            "tests/test_overload.py::test_big_save_batch_frames_are_decoded_a_few_at_a_time",
+        ),
+        mutations=(
+            Mutation(
+                "no_high_water_marks",
+                "the daemon's socket queues as many messages as arrive",
+                "service/sessiond/ingest.py",
+                (
+                    (
+                        "        sock.setsockopt(zmq.RCVHWM, s.high_water_mark)\n"
+                        "        sock.setsockopt(zmq.SNDHWM, s.high_water_mark)\n",
+                        "        sock.setsockopt(zmq.RCVHWM, 0)\n        sock.setsockopt(zmq.SNDHWM, 0)\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "no_byte_budget_per_turn",
+                "one turn decodes as many requests as batch_max, whatever their size",
+                "service/sessiond/ingest.py",
+                (("                budget -= sum(len(frame) for frame in frames)\n", ""),),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="Owner-only access.",
+        tests=(
+            "tests/test_access.py::test_learning_root_index_and_socket_are_owner_only_whatever_the_umask",
+            "tests/test_access.py::test_socket_mode_setting_admits_the_daemons_group_and_nobody_else",
+            "tests/test_access.py::test_curve_client_with_an_unknown_key_is_refused_and_logged",
+        ),
+        mutations=(
+            Mutation(
+                "umask_kept",
+                "the daemon keeps the umask it was started with",
+                "service/sessiond/daemon.py",
+                (("    os.umask(0o077)  #", "    #"),),
+            ),
+            Mutation(
+                "socket_mode_not_applied",
+                "the ipc socket keeps the mode it was created with",
+                "service/sessiond/daemon.py",
+                (("        os.chmod(socket_path, settings.socket_mode)  #", "        pass  #"),),
+            ),
+            Mutation(
+                "any_curve_key_admitted",
+                "a CURVE client with any key is served",
+                "service/sessiond/security.py",
+                (("        allowed = key in self.keys\n", "        allowed = True\n"),),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="Jobs never stop the daemon or stall saves.",
+        tests=(
+            "tests/test_jobs.py::test_saves_are_acknowledged_while_a_large_reconcile_runs",
+            "tests/test_service.py::test_a_failing_scheduled_job_is_reported_and_the_daemon_serves_on",
+        ),
+        mutations=(
+            Mutation(
+                "jobs_run_whole",
+                "a job runs to its end in one turn of the loop instead of one slice per turn",
+                "service/sessiond/tasks.py",
+                (
+                    (
+                        "            next(task.steps)\n            return\n",
+                        "            while True:\n                next(task.steps)\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "failing_job_stops_the_loop",
+                "an exception in a job escapes into the loop",
+                "service/sessiond/tasks.py",
+                (
+                    (
+                        "        except Exception as err:\n            log.error(\n",
+                        "        except Exception as err:\n            raise\n            log.error(\n",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="A stuck loop is restarted.",
+        tests=(
+            "tests/test_service.py::test_a_stalled_loop_stops_the_watchdog_pings_and_they_resume_when_it_moves",
+            "tests/test_service.py::test_watchdog_keeps_pinging_while_the_daemon_is_busy",
+        ),
+        mutations=(
+            Mutation(
+                "watchdog_fed_by_a_timer_thread",
+                "WATCHDOG=1 comes from a thread of its own, whatever the loop does",
+                "service/sessiond/daemon.py",
+                (
+                    (
+                        "        if self._watchdog_every is not None and now >= self._next_watchdog:\n"
+                        "            self._notifier.watchdog()\n"
+                        "            self._next_watchdog = now + self._watchdog_every\n",
+                        "        if self._watchdog_every is not None and self._next_watchdog == 0.0:\n"
+                        "            import threading\n\n"
+                        "            def ping(every: float = self._watchdog_every) -> None:\n"
+                        "                while True:\n"
+                        "                    self._notifier.watchdog()\n"
+                        "                    time.sleep(every)\n\n"
+                        "            threading.Thread(target=ping, daemon=True).start()\n"
+                        "            self._next_watchdog = now\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "watchdog_not_fed",
+                "the loop never sends WATCHDOG=1",
+                "service/sessiond/daemon.py",
+                (("            self._notifier.watchdog()\n", "            pass\n"),),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="Drop-in compatibility.",
+        tests=(
+            "tests/test_original_schema.py::test_original_file_reads_back_as_equal_models",
+            "tests/test_original_schema.py::test_original_statements_read_everything_we_wrote",
+        ),
+        mutations=(
+            Mutation(
+                "outcome_column_renamed",
+                "the index's rationale column is called something else",
+                "src/sessionstore/schema.py",
+                (
+                    (
+                        "    rationale TEXT NOT NULL DEFAULT '',",
+                        "    edit_rationale TEXT NOT NULL DEFAULT '',",
+                    ),
+                    ('    "rationale",\n', '    "edit_rationale",\n'),
+                ),
+            ),
+        ),
+    ),
+)

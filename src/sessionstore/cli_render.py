@@ -113,7 +113,7 @@ def render_session(session: LearningSession) -> None:
 
 
 def config_reference() -> str:
-    """The Markdown settings table in the README, made from the settings model itself."""
+    """The Markdown settings table of docs/configuration.md, made from the settings model itself."""
     lines = ["| key | env var | default | meaning |", "|---|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=False)

@@ -3,7 +3,7 @@
 The TOML file is ``--config``, else ``$SESSIONSTORE_CONFIG``, else
 ``$OPENJARVIS_HOME/learning/sessiond.toml`` when it exists. Environment variables
 are ``SESSIONSTORE_<NAME>`` (``SESSIONSTORE_BATCH_MAX=256``). Every default lives
-here and nowhere else; the README's configuration reference is generated from
+here and nowhere else; docs/configuration.md's reference table is generated from
 the same field descriptions (``sessionstore config --reference``).
 """
 

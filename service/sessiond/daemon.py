@@ -105,12 +105,12 @@ def serve(settings: Settings) -> int:
         )
     prepare_learning_root(settings.learning_root)
     settings.index_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock = IndexLock(settings.index_path)
+    lock = IndexLock(settings.index_path)  # the file's, under any name: see sessionstore.lock
     lock.acquire()
     try:
         return _serve_locked(settings)
     finally:
-        lock.release()
+        lock.release()  # after _serve_locked closed every SQLite connection on the index
 
 
 def _serve_locked(settings: Settings) -> int:

@@ -9,6 +9,7 @@ socket file). An index the original library made 0644 is tightened to 0600.
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -133,3 +134,34 @@ def test_rebuild_through_a_hard_link_is_refused_while_the_daemon_runs(
     assert f"pid {d.proc.pid}" in done.stderr
     assert os.stat(link).st_ino == os.stat(d.db_path).st_ino  # not swapped for a new file
     assert SessionStoreClient(d.address, timeout=10).get_session("kept") is not None
+
+
+# -- an inherited index is made owner-only ------------------------------------------------------
+
+
+def test_an_index_made_0644_by_the_original_library_is_made_owner_only_with_its_side_files(
+    daemon_factory: Factory, tmp_path: Path
+) -> None:
+    d = daemon_factory()
+    d.learning_root.mkdir(mode=0o700)
+    writer = (
+        "import os, signal, sqlite3, sys\n"
+        "os.umask(0o022)\n"
+        "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "conn.execute('PRAGMA journal_mode=WAL')\n"
+        "conn.execute('CREATE TABLE IF NOT EXISTS t (x)')\n"
+        "conn.execute('INSERT INTO t VALUES (1)')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)  # leaves -wal and -shm behind\n"
+    )  # the original library's SessionStore opens the file the same way, under the same umask
+    subprocess.run([sys.executable, "-c", writer, str(d.db_path)], timeout=30, check=False)
+    side = [Path(f"{d.db_path}{suffix}") for suffix in ("-wal", "-shm")]
+    assert [mode(p) for p in (d.db_path, *side)] == [0o644, 0o644, 0o644]
+    d.start()
+    assert [mode(p) for p in (d.db_path, *side)] == [0o600, 0o600, 0o600]
+    assert "made the index files owner-only: distillation.db 0644 -> 0600" in d.stderr()
+    SessionStoreClient(d.address, timeout=10).save_session(session("s"))
+    conn = sqlite3.connect(d.db_path)
+    try:
+        assert conn.execute("SELECT x FROM t").fetchall() == [(1,)]  # nothing else changed
+    finally:
+        conn.close()

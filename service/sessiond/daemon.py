@@ -26,6 +26,7 @@ from sessiond.logs import configure_logging
 from sessiond.systemd import Notifier, journal_stream_active
 from sessionstore.config import Settings, is_loopback
 from sessionstore.errors import ConfigError, SessionStoreError
+from sessionstore.filemodes import tighten_index_files
 from sessionstore.lock import IndexLock
 from sessionstore.store import SessionStore
 
@@ -108,9 +109,21 @@ def serve(settings: Settings) -> int:
     lock = IndexLock(settings.index_path)  # the file's, under any name: see sessionstore.lock
     lock.acquire()
     try:
+        make_index_owner_only(settings.index_path)
         return _serve_locked(settings)
     finally:
         lock.release()  # after _serve_locked closed every SQLite connection on the index
+
+
+def make_index_owner_only(db_path: Path) -> None:
+    """Tighten an index made under a looser umask (e.g. 0644 by the original library)."""
+    try:
+        tightened = tighten_index_files(db_path)
+    except OSError as err:
+        log.warning("index files stay readable by others: %s", err)
+        return
+    if tightened:
+        log.info("made the index files owner-only: %s", ", ".join(str(done) for done in tightened))
 
 
 def _serve_locked(settings: Settings) -> int:

@@ -9,6 +9,7 @@ socket file). An index the original library made 0644 is tightened to 0600.
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -134,6 +135,51 @@ def test_rebuild_through_a_hard_link_is_refused_while_the_daemon_runs(
     assert f"pid {d.proc.pid}" in done.stderr
     assert os.stat(link).st_ino == os.stat(d.db_path).st_ino  # not swapped for a new file
     assert SessionStoreClient(d.address, timeout=10).get_session("kept") is not None
+
+
+# -- the socket of a running daemon is never taken ----------------------------------------------
+
+
+def test_a_second_daemon_at_the_same_address_is_refused_and_the_first_keeps_serving(
+    daemon_factory: Factory, tmp_path: Path
+) -> None:
+    first = daemon_factory().start()
+    client = SessionStoreClient(first.address, timeout=10)
+    client.save_session(session("first"))
+    sock_path = Path(first.address[len("ipc://") :])
+    inode = sock_path.stat().st_ino
+    stderr = serve_refused(tmp_path / "other" / "learning", first.address)
+    assert f"is in use by a running sessiond, pid {first.proc.pid}" in stderr
+    assert f"(index {first.db_path})" in stderr
+    assert sock_path.stat().st_ino == inode  # the same socket file, still the first's
+    client.save_session(session("second"))
+    assert first.stop() == 0
+    assert session_ids(first.db_path) == {"first", "second"}
+
+
+def test_a_stale_socket_file_is_replaced_and_a_foreign_listener_is_named(
+    daemon_factory: Factory, tmp_path: Path
+) -> None:
+    d = daemon_factory()
+    sock_path = Path(d.address[len("ipc://") :])
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as foreign:
+        foreign.bind(str(sock_path))
+        foreign.listen(1)  # not a sessiond: it never answers a status request
+        stderr = serve_refused(d.learning_root, d.address)
+        assert f"is in use by pid {os.getpid()} (it does not answer as a sessiond" in stderr
+    # closed now: a stale file, as a daemon killed with SIGKILL leaves behind
+    assert sock_path.exists()
+    d.start()
+    SessionStoreClient(d.address, timeout=10).save_session(session("s"))
+
+
+def test_a_file_that_is_not_a_socket_is_never_removed(daemon_factory: Factory) -> None:
+    d = daemon_factory()
+    path = Path(d.address[len("ipc://") :])
+    path.write_text("not a socket")
+    stderr = serve_refused(d.learning_root, d.address)
+    assert "exists and is not a socket; not removing it" in stderr
+    assert path.read_text() == "not a socket"
 
 
 # -- an inherited index is made owner-only ------------------------------------------------------

@@ -20,6 +20,7 @@ from types import FrameType
 
 import zmq
 
+from sessiond.address import claim_ipc_address
 from sessiond.ingest import IngestLoop
 from sessiond.jobs import Jobs
 from sessiond.logs import configure_logging
@@ -128,8 +129,6 @@ def make_index_owner_only(db_path: Path) -> None:
 
 def _serve_locked(settings: Settings) -> int:
     socket_path = _ipc_path(settings.endpoint)
-    if socket_path is not None and socket_path.exists():
-        socket_path.unlink()  # we hold the index lock: no live daemon owns this socket
     store = SessionStore(settings.index_path, durability=settings.durability)
     if settings.checkpoint_mode == "off":
         store.set_autocheckpoint(0)  # the external replicator checkpoints; we never do
@@ -147,6 +146,7 @@ def _serve_locked(settings: Settings) -> int:
     loop.start_readers()
     auth = loop.enable_curve() if settings.curve_secret_key is not None else None
     try:
+        claim_ipc_address(settings.endpoint, context)  # never another live daemon's socket
         loop.bind()
     except zmq.ZMQError as err:
         raise SessionStoreError(f"cannot bind {settings.endpoint}: {err}") from err

@@ -20,9 +20,9 @@ from types import FrameType
 
 import zmq
 
-from sessiond.address import claim_ipc_address
 from sessiond.ingest import IngestLoop
 from sessiond.jobs import Jobs
+from sessiond.limits import raise_open_files_limit
 from sessiond.logs import configure_logging
 from sessiond.systemd import Notifier, journal_stream_active
 from sessionstore.config import Settings, is_loopback
@@ -42,10 +42,6 @@ def prepare_learning_root(root: Path) -> None:
         log.warning(
             "learning root %s has mode %o; other users may read it (0700 advised)", root, mode
         )
-
-
-def _ipc_path(address: str) -> Path | None:
-    return Path(address[len("ipc://") :]) if address.startswith("ipc://") else None
 
 
 class Heartbeat:
@@ -91,6 +87,7 @@ def serve(settings: Settings) -> int:
     """Run the daemon until SIGTERM/SIGINT; return the process exit code."""
     configure_logging(settings.log_level, journal=journal_stream_active())
     os.umask(0o077)  # the index, its WAL and the ipc socket are the owner's alone
+    raise_open_files_limit()  # one descriptor per connection: see sessiond.limits
     if settings.query_threads > 0:
         # A reader busy with a listing holds the GIL up to the switch interval each
         # time the loop wants it back (after each fsync, each poll). At CPython's
@@ -128,7 +125,6 @@ def make_index_owner_only(db_path: Path) -> None:
 
 
 def _serve_locked(settings: Settings) -> int:
-    socket_path = _ipc_path(settings.endpoint)
     store = SessionStore(settings.index_path, durability=settings.durability)
     if settings.checkpoint_mode == "off":
         store.set_autocheckpoint(0)  # the external replicator checkpoints; we never do
@@ -146,12 +142,9 @@ def _serve_locked(settings: Settings) -> int:
     loop.start_readers()
     auth = loop.enable_curve() if settings.curve_secret_key is not None else None
     try:
-        claim_ipc_address(settings.endpoint, context)  # never another live daemon's socket
-        loop.bind()
+        loop.bind()  # refuses an ipc address another daemon answers at (sessiond.address)
     except zmq.ZMQError as err:
         raise SessionStoreError(f"cannot bind {settings.endpoint}: {err}") from err
-    if socket_path is not None:
-        os.chmod(socket_path, settings.socket_mode)  # created 0700 under our umask
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # Only set a flag: the handler may interrupt a notify send holding its lock,
@@ -184,8 +177,6 @@ def _serve_locked(settings: Settings) -> int:
         context.term()
         store.close()
         notifier.close()
-        if socket_path is not None:
-            socket_path.unlink(missing_ok=True)  # leave no stale socket file behind
     log.info("sessiond %d stopped: %s", os.getpid(), loop.stats.summary())
     return 0
 

@@ -205,6 +205,7 @@ class IngestLoop:
         self._off_loop.settle()
 
     def _launch(self, task: Task) -> None:
+        task.future.set_running_or_notify_cancel()
         if task.off_loop is None:
             self._sliced.add(task)
         else:
@@ -355,7 +356,8 @@ class IngestLoop:
             return
         if isinstance(result, Task):  # an on-demand job: replied to when it finishes
             self._in_progress.answer_when_done(identity, request, result)
-            self._launch(result)
+            if not result.future.running():  # else a run under way this request shares
+                self._launch(result)
         elif isinstance(result, bytes | bytearray):  # a read's reply, encoded already
             self._send(identity, result)
         else:

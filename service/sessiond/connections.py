@@ -215,9 +215,12 @@ class ConnectionGate:
                     self._count(recv_monitor_message(monitor))
         except Exception:  # never leave libzmq's I/O thread blocked on an unread monitor
             log.exception("connections: monitor failed; connections are no longer counted")
+            with self._lock:
+                self._open.clear()  # nothing counts up to capacity any more,
+                self._listener_closed = True  # and a paused endpoint is bound again
             while not self._stop.is_set():
                 if monitor.poll(_POLL_MS):
-                    monitor.recv_multipart()
+                    monitor.recv_multipart(zmq.NOBLOCK)
         finally:
             monitor.close(linger=0)
 

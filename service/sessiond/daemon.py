@@ -22,10 +22,12 @@ import zmq
 
 from sessiond.ingest import IngestLoop
 from sessiond.jobs import Jobs
+from sessiond.limits import raise_open_files_limit
 from sessiond.logs import configure_logging
 from sessiond.systemd import Notifier, journal_stream_active
 from sessionstore.config import Settings, is_loopback
 from sessionstore.errors import ConfigError, SessionStoreError
+from sessionstore.filemodes import tighten_index_files
 from sessionstore.lock import IndexLock
 from sessionstore.store import SessionStore
 
@@ -40,10 +42,6 @@ def prepare_learning_root(root: Path) -> None:
         log.warning(
             "learning root %s has mode %o; other users may read it (0700 advised)", root, mode
         )
-
-
-def _ipc_path(address: str) -> Path | None:
-    return Path(address[len("ipc://") :]) if address.startswith("ipc://") else None
 
 
 class Heartbeat:
@@ -89,6 +87,7 @@ def serve(settings: Settings) -> int:
     """Run the daemon until SIGTERM/SIGINT; return the process exit code."""
     configure_logging(settings.log_level, journal=journal_stream_active())
     os.umask(0o077)  # the index, its WAL and the ipc socket are the owner's alone
+    raise_open_files_limit()  # one descriptor per connection: see sessiond.limits
     if settings.query_threads > 0:
         # A reader busy with a listing holds the GIL up to the switch interval each
         # time the loop wants it back (after each fsync, each poll). At CPython's
@@ -105,18 +104,27 @@ def serve(settings: Settings) -> int:
         )
     prepare_learning_root(settings.learning_root)
     settings.index_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock = IndexLock(settings.index_path)
+    lock = IndexLock(settings.index_path)  # the file's, under any name: see sessionstore.lock
     lock.acquire()
     try:
+        make_index_owner_only(settings.index_path)
         return _serve_locked(settings)
     finally:
-        lock.release()
+        lock.release()  # after _serve_locked closed every SQLite connection on the index
+
+
+def make_index_owner_only(db_path: Path) -> None:
+    """Tighten an index made under a looser umask (e.g. 0644 by the original library)."""
+    try:
+        tightened = tighten_index_files(db_path)
+    except OSError as err:
+        log.warning("index files stay readable by others: %s", err)
+        return
+    if tightened:
+        log.info("made the index files owner-only: %s", ", ".join(str(done) for done in tightened))
 
 
 def _serve_locked(settings: Settings) -> int:
-    socket_path = _ipc_path(settings.endpoint)
-    if socket_path is not None and socket_path.exists():
-        socket_path.unlink()  # we hold the index lock: no live daemon owns this socket
     store = SessionStore(settings.index_path, durability=settings.durability)
     if settings.checkpoint_mode == "off":
         store.set_autocheckpoint(0)  # the external replicator checkpoints; we never do
@@ -134,11 +142,9 @@ def _serve_locked(settings: Settings) -> int:
     loop.start_readers()
     auth = loop.enable_curve() if settings.curve_secret_key is not None else None
     try:
-        loop.bind()
+        loop.bind()  # refuses an ipc address another daemon answers at (sessiond.address)
     except zmq.ZMQError as err:
         raise SessionStoreError(f"cannot bind {settings.endpoint}: {err}") from err
-    if socket_path is not None:
-        os.chmod(socket_path, settings.socket_mode)  # created 0700 under our umask
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # Only set a flag: the handler may interrupt a notify send holding its lock,
@@ -171,8 +177,6 @@ def _serve_locked(settings: Settings) -> int:
         context.term()
         store.close()
         notifier.close()
-        if socket_path is not None:
-            socket_path.unlink(missing_ok=True)  # leave no stale socket file behind
     log.info("sessiond %d stopped: %s", os.getpid(), loop.stats.summary())
     return 0
 

@@ -19,6 +19,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from sessiond.ingest import IngestLoop
+from sessiond.job_runs import JobRuns
 from sessiond.tasks import Steps, Task
 from sessionstore.config import Settings
 from sessionstore.store import SessionStore
@@ -85,6 +86,7 @@ class Jobs:
         self._settings = settings
         self.states: dict[str, JobState] = {}
         self.integrity_ok: bool | None = None
+        self._runs = JobRuns()  # one run of each job at a time, asked for or scheduled
         # The first scheduled pass after start is incremental; the first full one
         # comes a full interval later (a restart does not make files change).
         self._last_full_reconcile = time.monotonic()
@@ -202,7 +204,11 @@ class Jobs:
 
     def _run_scheduled(self, name: str) -> None:
         """Runs on a scheduler thread: hand the job to the loop and wait for it to finish."""
-        future = self._loop.submit(self._scheduled_task(name))
+        task = self._runs.for_schedule(name, lambda: self._scheduled_task(name))
+        if task is None:
+            log.info("%s: not started, %s", name, self._runs.running(name) or "a run is going")
+            return
+        future = self._loop.submit(task)
         try:
             future.exception(timeout=JOB_WAIT_SECONDS)
         except TimeoutError:
@@ -244,17 +250,30 @@ class Jobs:
 
     def admin_handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         return {
-            "checkpoint": lambda p: self.task(
-                "checkpoint", lambda: checkpoint_steps(self._store, p.get("mode", "TRUNCATE"))
+            "checkpoint": self._checkpoint_asked,
+            "reconcile": self._reconcile_asked,
+            "integrity_check": lambda p: self._runs.for_request(
+                "integrity", {}, lambda: self.task("integrity", off_loop=self._integrity)
             ),
-            "reconcile": lambda p: self.task(
-                "reconcile",
-                lambda: self._reconcile(dry_run=p.get("dry_run", False), full=p.get("full", False)),
-            ),
-            "integrity_check": lambda p: self.task("integrity", off_loop=self._integrity),
             "status:jobs": lambda p: self.status(),
             "status:integrity_ok": lambda p: self.integrity_ok,
         }
+
+    def _checkpoint_asked(self, params: dict[str, Any]) -> Task:
+        mode = params.get("mode", "TRUNCATE")
+        return self._runs.for_request(
+            "checkpoint",
+            {"mode": mode},
+            lambda: self.task("checkpoint", lambda: checkpoint_steps(self._store, mode)),
+        )
+
+    def _reconcile_asked(self, params: dict[str, Any]) -> Task:
+        dry_run, full = params.get("dry_run", False), params.get("full", False)
+        return self._runs.for_request(
+            "reconcile",
+            {"dry_run": dry_run, "full": full},
+            lambda: self.task("reconcile", lambda: self._reconcile(dry_run=dry_run, full=full)),
+        )
 
     def status(self) -> dict[str, Any]:
         report = {}

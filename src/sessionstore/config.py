@@ -105,6 +105,15 @@ class Settings(BaseSettings):
         description="ZeroMQ send/receive high-water mark, in messages per connection: a "
         "connection holds at most this many frames of up to max_message_bytes queued.",
     )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        description="Most client connections held at once (one per client thread, about "
+        "28 KiB each); at this many the daemon stops listening for a second, which closes "
+        "them, and clients reconnect. Lower if the open-files limit cannot hold twice as "
+        "many (see docs/limits.md).",
+    )
     query_threads: int = Field(
         default=2,
         ge=0,

@@ -256,5 +256,23 @@ def test_a_request_while_a_scheduled_run_is_going_is_refused_unavailable_not_run
         sock.close()
     assert reply["error"]["code"] == "unavailable"
     assert "integrity is already running (a scheduled run" in reply["error"]["message"]
-    # and the client retries "unavailable" until it gets a run of its own
-    assert SessionStoreClient(d.address, timeout=30).integrity_check()["ok"] is True
+
+
+def test_a_scheduled_run_that_comes_due_during_a_requested_run_is_skipped(
+    daemon_factory: Factory,
+) -> None:
+    d = daemon_factory(
+        extra_env={
+            "SESSIONSTORE_RECONCILE_INTERVAL": "0.2",
+            "SESSIONSTORE_RECONCILE_ON_START": "false",
+        }
+    )
+    for i in range(2000):  # a reconcile long enough for several scheduled runs to come due
+        sid = f"file-{i:05d}"
+        write_session(d.learning_root, sid, session_dict(sid), plan=plan_dict(sid))
+    d.start()
+    client = SessionStoreClient(d.address, timeout=120)
+    result = client.reconcile(full=True, timeout=120)  # retried until it gets a run of its own
+    assert result["scanned"] == 2000
+    log = d.stderr_path.read_text()
+    assert "reconcile: not started, a run asked for with dry_run=False, full=True" in log, log[-3000:]

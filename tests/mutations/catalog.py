@@ -268,6 +268,7 @@ GUARANTEES: tuple[Guarantee, ...] = (
             "tests/test_access.py::test_learning_root_index_and_socket_are_owner_only_whatever_the_umask",
             "tests/test_access.py::test_socket_mode_setting_admits_the_daemons_group_and_nobody_else",
             "tests/test_access.py::test_curve_client_with_an_unknown_key_is_refused_and_logged",
+            "tests/test_ownership.py::test_an_index_made_0644_by_the_original_library_is_made_owner_only_with_its_side_files",
         ),
         mutations=(
             Mutation(
@@ -279,14 +280,113 @@ GUARANTEES: tuple[Guarantee, ...] = (
             Mutation(
                 "socket_mode_not_applied",
                 "the ipc socket keeps the mode it was created with",
-                "service/sessiond/daemon.py",
-                (("        os.chmod(socket_path, settings.socket_mode)  #", "        pass  #"),),
+                "service/sessiond/connections.py",
+                (
+                    (
+                        "            os.chmod(path, self._settings.socket_mode)  #",
+                        "            pass  #",
+                    ),
+                ),
+            ),
+            Mutation(
+                "inherited_index_modes_kept",
+                "an index made 0644 by the original library keeps its mode, and its side files theirs",
+                "src/sessionstore/filemodes.py",
+                (("        os.chmod(path, mode & 0o700)\n", "        pass\n"),),
             ),
             Mutation(
                 "any_curve_key_admitted",
                 "a CURVE client with any key is served",
                 "service/sessiond/security.py",
                 (("        allowed = key in self.keys\n", "        allowed = True\n"),),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="The number of connections never kills the daemon.",
+        tests=(
+            "tests/test_limits.py::test_more_connections_than_the_open_files_limit_never_kill_the_daemon",
+            "tests/test_limits.py::test_the_soft_open_files_limit_is_raised_to_the_hard_limit_at_start",
+        ),
+        mutations=(
+            Mutation(
+                "never_stops_listening",
+                "the daemon goes on accepting connections at capacity",
+                "service/sessiond/connections.py",
+                (
+                    (
+                        "        if self._listening and count >= self.capacity.connections:\n",
+                        "        if False:\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "soft_open_files_limit_kept",
+                "the daemon keeps the soft open-files limit it was started with",
+                "service/sessiond/limits.py",
+                (
+                    (
+                        "    if soft != resource.RLIM_INFINITY and soft < target:\n",
+                        "    if False:\n",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="One run of each job at a time.",
+        tests=(
+            "tests/test_limits.py::test_integrity_requests_share_one_run_and_start_no_thread_each",
+            "tests/test_limits.py::test_reconcile_requests_share_a_run_asked_with_the_same_parameters_only",
+            "tests/test_limits.py::test_a_request_while_a_scheduled_run_is_going_is_refused_unavailable_not_run_beside_it",
+            "tests/test_limits.py::test_a_scheduled_run_that_comes_due_during_a_requested_run_is_skipped",
+        ),
+        mutations=(
+            Mutation(
+                "every_request_starts_a_run",
+                "a request for a job that is running starts another run beside it",
+                "service/sessiond/job_runs.py",
+                (
+                    (
+                        "            run = self._runs.get(name)\n            if run is None:\n",
+                        "            run = self._runs.get(name)\n            if True:\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "scheduled_run_beside_a_running_one",
+                "a scheduled run starts while the same job runs",
+                "service/sessiond/job_runs.py",
+                (("            if name in self._runs:\n                return None\n", ""),),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="One daemon per index file and per address.",
+        tests=(
+            "tests/test_ownership.py::test_a_second_daemon_on_the_index_under_another_name_is_refused_naming_the_first",
+            "tests/test_ownership.py::test_rebuild_through_a_hard_link_is_refused_while_the_daemon_runs",
+            "tests/test_ownership.py::test_a_second_daemon_at_the_same_address_is_refused_and_the_first_keeps_serving",
+            "tests/test_ownership.py::test_a_stale_socket_file_is_replaced_and_a_foreign_listener_is_named",
+            "tests/test_ownership.py::test_a_file_that_is_not_a_socket_is_never_removed",
+        ),
+        mutations=(
+            Mutation(
+                "index_locked_by_name_only",
+                "only <index>.lock is locked, so another name for the same file gets past it",
+                "src/sessionstore/lock.py",
+                (
+                    (
+                        "                if not _try_lock(fd):\n                    raise self._busy(\n                        _flock_holder(fd),\n",
+                        "                if False:\n                    raise self._busy(\n                        _flock_holder(fd),\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "socket_file_taken_unprobed",
+                "an existing socket file is removed without asking whether a daemon listens there",
+                "service/sessiond/address.py",
+                (("    pid = _listener_pid(path)\n", "    pid = None\n"),),
             ),
         ),
     ),

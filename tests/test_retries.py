@@ -182,13 +182,26 @@ def test_an_expired_save_is_refused_with_its_own_code_and_leaves_its_id_unused(
 def test_a_client_that_still_waits_when_its_save_expires_gets_deadline_expired(
     daemon: Daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Its clock is behind the daemon's: the refusal says so, and nothing was applied."""
+    """Its clock is behind the daemon's (or the daemon stalled into the margin before the
+    caller's timeout): refused at once, not applied, and retried under its id like any
+    DaemonUnavailable."""
     client = SessionStoreClient(daemon.address, timeout=10)
     client.save_session(session("s"))
-    monkeypatch.setattr(retries, "save_deadline", lambda timeout: time.time() - 60 + timeout)
-    with pytest.raises(DeadlineExpired, match="behind sessiond's"):
-        client.save_outcome("s", outcome("e1"), **EDIT)
+    with monkeypatch.context() as clock_behind:
+        clock_behind.setattr(retries, "save_deadline", lambda timeout: time.time() - 60 + timeout)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExpired, match="behind sessiond's") as caught:
+            client.save_outcome("s", outcome("e1"), **EDIT)
+        assert time.monotonic() - started < 5  # answered, not waited out
+        with pytest.raises(PipelineError) as piped, client.pipeline() as pipe:
+            rid = pipe.save_outcome("s", outcome("e2"), **EDIT)
+    assert isinstance(caught.value, DaemonUnavailable)
+    assert isinstance(piped.value.failures[0][1], DeadlineExpired)
+    assert piped.value.unknown_request_ids == (rid,)
     assert edit_ids(daemon.db_path, "s") == []
+    client.save_outcome("s", outcome("e1"), **EDIT, request_id=caught.value.unknown_request_ids[0])
+    client.save_outcome("s", outcome("e2"), **EDIT, request_id=rid)
+    assert edit_ids(daemon.db_path, "s") == ["e1", "e2"]
 
 
 @pytest.mark.parametrize(

@@ -99,12 +99,11 @@ def apply_writes(conn: sqlite3.Connection, writes: Sequence[Write]) -> list[Writ
     now = time.time()
     expired = [w.deadline is not None and w.deadline <= now for w in writes]
     if any(expired):
-        live = [w for w, late in zip(writes, expired, strict=True) if not late]
-        applied = iter(_apply_live(conn, live))
-        return [
-            _settle_expired(conn, w, now) if late else next(applied)
-            for w, late in zip(writes, expired, strict=True)
-        ]
+        pairs = list(zip(writes, expired, strict=True))
+        results = iter(_apply_live(conn, [w for w, late in pairs if not late]))
+        # one lookup for them all: after a stall, a backlog of thousands expires at once
+        applied = _applied(conn, [w.request_id for w, late in pairs if late])
+        return [_settle_expired(w, now, applied) if late else next(results) for w, late in pairs]
     return _apply_live(conn, writes)
 
 
@@ -292,7 +291,7 @@ def _require_same_save(conn: sqlite3.Connection, write: Write, op: str, digest: 
         )
 
 
-def _settle_expired(conn: sqlite3.Connection, write: Write, now: float) -> WriteResult:
+def _settle_expired(write: Write, now: float, applied_ids: dict[str, _Applied]) -> WriteResult:
     """Refuse a write whose deadline passed, unless its id was applied already.
 
     Its sender gave up and reported it failed; applying it now would make that report
@@ -300,7 +299,7 @@ def _settle_expired(conn: sqlite3.Connection, write: Write, now: float) -> Write
     false too: that copy stands, and the answer is the duplicate it is.
     """
     if write.request_id is not None:
-        applied = _applied(conn, [write.request_id]).get(write.request_id)
+        applied = applied_ids.get(write.request_id)
         try:
             same = applied is not None and _same_save(*_op_and_digest(write, _row(write)), applied)
         except _REFUSALS:  # a row that cannot be built is no copy of an applied save
@@ -311,9 +310,9 @@ def _settle_expired(conn: sqlite3.Connection, write: Write, now: float) -> Write
     return WriteResult(
         ok=False,
         error=DeadlineExpired(
-            f"{_describe(write)}: its deadline passed {now - write.deadline:.3f} s before "
-            "sessiond could apply it; not applied (the caller has given up on it, or its "
-            "clock is behind sessiond's)"
+            f"{_describe(write)}: sessiond reached it {now - write.deadline:.3f} s after its "
+            "deadline; not applied (sessiond was stalled for most of the caller's timeout, "
+            "or the caller's clock is behind sessiond's)"
         ),
     )
 

@@ -33,6 +33,7 @@ from sessionstore.config import load_settings
 from sessionstore.errors import (
     ConfigError,
     DaemonUnavailable,
+    DeadlineExpired,
     MalformedRequest,
     PipelineError,
     RequestTooLarge,
@@ -202,10 +203,10 @@ class SessionStoreClient:
         """Send a save with its deadline; a timeout names it as a save in doubt."""
         try:
             self._call(rid, protocol.with_deadline(frame, retries.save_deadline(self.timeout)))
-        except DaemonUnavailable as err:
-            raise DaemonUnavailable(
-                f"{err}; save {rid} may or may not be applied: "
-                f"save it again with request_id={rid!r} to apply it once",
+        except DaemonUnavailable as err:  # DeadlineExpired too: the same advice holds
+            raise type(err)(
+                f"{err}; not known to be applied: save it again with "
+                f"request_id={rid!r} to apply it once",
                 unknown_request_ids=(rid,),
             ) from None
 
@@ -215,6 +216,8 @@ class SessionStoreClient:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         try:
             return self._exchange(sock, rid, frame, deadline, timeout)
+        except DeadlineExpired:
+            raise  # answered: the peer is alive, and its other copies expire too
         except DaemonUnavailable:
             self._reset_socket()  # requests queued for a dead peer must not pile up
             raise
@@ -236,7 +239,9 @@ class SessionStoreClient:
                 if reply.ok:
                     return reply.result
                 assert reply.error is not None
-                if not isinstance(reply.error, _RETRYABLE):
+                if isinstance(reply.error, DeadlineExpired) or not isinstance(
+                    reply.error, _RETRYABLE
+                ):  # expired is final: every copy carries the same deadline
                     raise reply.error
                 # "Not now" is no reason to resend at once: that turned a stopping
                 # daemon's refusals into thousands of resends a second.

@@ -65,9 +65,9 @@ class RequestTooLarge(SessionStoreError):
 class DaemonUnavailable(SessionStoreError, ConnectionError):
     """Nobody answered at the daemon's address within the timeout.
 
-    ``unknown_request_ids`` holds the ids of the saves this failure leaves in doubt:
-    they may or may not have been applied (a save the daemon took just before its
-    deadline can commit after the caller gave up). Saving the same record again
+    ``unknown_request_ids`` holds the ids of the saves this failure leaves not known
+    to be applied: they may or may not have been (a save the daemon took just before
+    its deadline can commit after the caller gave up). Saving the same record again
     with ``request_id=`` one of them applies it exactly once.
     """
 
@@ -78,21 +78,22 @@ class DaemonUnavailable(SessionStoreError, ConnectionError):
         self.unknown_request_ids = unknown_request_ids
 
 
+class DeadlineExpired(DaemonUnavailable):
+    """The daemon reached a save after its deadline and refused it: not applied.
+
+    The deadline is a little before the caller's timeout, so this is what a caller
+    sees whose save waited out (nearly) all of its timeout in a stalled daemon, or
+    whose clock is behind the daemon's. A kind of :class:`DaemonUnavailable`, with the
+    same ``unknown_request_ids``: saving again under them applies the save once.
+    """
+
+    code = "expired"
+
+
 class ShuttingDown(SessionStoreError):
     """The daemon is draining for shutdown and takes no new requests."""
 
     code = "shutting_down"
-
-
-class DeadlineExpired(SessionStoreError, TimeoutError):
-    """A save reached the daemon's transaction after its deadline: refused, not applied.
-
-    The caller had given up on it by then (it raised ``DaemonUnavailable``), so applying
-    it would make a save reported as failed appear later. Seen by a caller that still
-    waits only when its clock is behind the daemon's (see docs/retries.md).
-    """
-
-    code = "expired"
 
 
 class RequestIdConflict(SessionStoreError):

@@ -233,6 +233,8 @@ class Pipeline:
             error = error_for_code(result["error"]["code"], result["error"]["message"])
             if isinstance(error, ShuttingDown):
                 continue  # stays waiting; the frame is resent when due
+            if isinstance(error, DaemonUnavailable):  # expired: saved again under its id
+                error = type(error)(str(error), unknown_request_ids=(result["id"],))
             self.failures.append((what, error))
             self._done(entry, result["id"], False)
         if not entry.waiting:
@@ -258,9 +260,7 @@ class Pipeline:
             self._client._reset_socket()
         for rid, what in list(entry.waiting.items()):
             if isinstance(err, DaemonUnavailable):  # each save names its own id in doubt
-                self.failures.append(
-                    (what, DaemonUnavailable(str(err), unknown_request_ids=(rid,)))
-                )
+                self.failures.append((what, type(err)(str(err), unknown_request_ids=(rid,))))
             else:
                 self.failures.append((what, err))
             self._done(entry, rid, False)

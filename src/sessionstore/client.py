@@ -5,8 +5,12 @@ queries). A call that gets no reply, or a "not now" refusal, is re-sent with the
 *same* request id 1 s, 2 s, then every 4 s after the previous send, until its
 ``timeout`` (the total time the call may take) runs out; any one reply to that id
 answers it. The daemon remembers applied ids in the index, so a retried save is
-never applied twice, even when the daemon restarted in between. One DEALER socket
-per thread (and per process, so the client keeps working in a child after ``fork``).
+never applied twice, even when the daemon restarted in between. A save also carries
+its deadline, a little before the call's timeout ends: the daemon refuses it unapplied
+once that has passed, so a save reported failed does not turn up later (the window
+that remains is in docs/retries.md; ``DaemonUnavailable.unknown_request_ids`` names
+the saves it leaves in doubt). One DEALER socket per thread (and per process, so the
+client keeps working in a child after ``fork``).
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ import zmq
 import zmq.auth
 from pydantic import TypeAdapter, ValidationError
 
-from sessionstore import protocol
+from sessionstore import protocol, retries
 from sessionstore.config import load_settings
 from sessionstore.errors import (
     ConfigError,
     DaemonUnavailable,
+    DeadlineExpired,
     MalformedRequest,
     PipelineError,
     RequestTooLarge,
@@ -110,10 +115,14 @@ class SessionStoreClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def save_session(self, session: LearningSession) -> None:
-        """Insert or update a session; returns once the daemon has committed it."""
-        rid = protocol.new_request_id()
-        self._call(rid, protocol.encode_save_session(rid, session))
+    def save_session(self, session: LearningSession, *, request_id: str | None = None) -> None:
+        """Insert or update a session; returns once the daemon has committed it.
+
+        ``request_id`` names this save (default: a new id). Saving again under the id of
+        a failed call's ``unknown_request_ids`` applies it exactly once.
+        """
+        rid = retries.checked_request_id(request_id)
+        self._save(rid, protocol.encode_save_session(rid, session))
 
     def save_outcome(
         self,
@@ -125,14 +134,18 @@ class SessionStoreClient:
         target: str,
         risk_tier: str,
         rationale: str = "",
+        request_id: str | None = None,
     ) -> None:
-        """Add one outcome row; returns once the daemon has committed it."""
-        rid = protocol.new_request_id()
+        """Add one outcome row; returns once the daemon has committed it.
+
+        ``request_id`` as for :meth:`save_session`.
+        """
+        rid = retries.checked_request_id(request_id)
         frame = protocol.encode_save_outcome(
             rid, session_id, outcome, pillar=pillar, op=op, target=target,
             risk_tier=risk_tier, rationale=rationale,
         )  # fmt: skip
-        self._call(rid, frame)
+        self._save(rid, frame)
 
     def get_session(self, session_id: str) -> LearningSession | None:
         result = self._query("get_session", session_id=checked_id(session_id, "session_id"))
@@ -186,12 +199,25 @@ class SessionStoreClient:
         rid = protocol.new_request_id()
         return self._call(rid, protocol.encode_request(rid, op, **params), timeout)
 
+    def _save(self, rid: str, frame: bytes) -> None:
+        """Send a save with its deadline; a timeout names it as a save in doubt."""
+        try:
+            self._call(rid, protocol.with_deadline(frame, retries.save_deadline(self.timeout)))
+        except DaemonUnavailable as err:  # DeadlineExpired too: the same advice holds
+            raise type(err)(
+                f"{err}; not known to be applied: save it again with "
+                f"request_id={rid!r} to apply it once",
+                unknown_request_ids=(rid,),
+            ) from None
+
     def _call(self, rid: str, frame: bytes, timeout: float | None = None) -> Any:
         self._check_size(frame)
         sock = self.socket()
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         try:
             return self._exchange(sock, rid, frame, deadline, timeout)
+        except DeadlineExpired:
+            raise  # answered: the peer is alive, and its other copies expire too
         except DaemonUnavailable:
             self._reset_socket()  # requests queued for a dead peer must not pile up
             raise
@@ -213,7 +239,9 @@ class SessionStoreClient:
                 if reply.ok:
                     return reply.result
                 assert reply.error is not None
-                if not isinstance(reply.error, _RETRYABLE):
+                if isinstance(reply.error, DeadlineExpired) or not isinstance(
+                    reply.error, _RETRYABLE
+                ):  # expired is final: every copy carries the same deadline
                     raise reply.error
                 # "Not now" is no reason to resend at once: that turned a stopping
                 # daemon's refusals into thousands of resends a second.

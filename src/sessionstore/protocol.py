@@ -42,10 +42,12 @@ ADMIN_OPS = frozenset({"status", "checkpoint", "reconcile", "integrity_check"})
 OPS = SAVE_OPS | {"save_batch"} | QUERY_OPS | ADMIN_OPS
 
 # Keys each op accepts besides the envelope (v, id, op): name -> required?
+# A save's "deadline" (Unix time, seconds) is when its sender gives up on it: the daemon
+# refuses it unapplied after that (code "expired"). Optional: old clients send none.
 _FIELDS: dict[str, dict[str, bool]] = {
-    "save_session": {"session": True},
-    "save_outcome": {"session_id": True, "outcome": True, "edit": True},
-    "save_batch": {"saves": True},
+    "save_session": {"session": True, "deadline": False},
+    "save_outcome": {"session_id": True, "outcome": True, "edit": True, "deadline": False},
+    "save_batch": {"saves": True, "deadline": False},
     "get_session": {"session_id": True},
     "list_sessions": {"status": False, "limit": False},
     "list_outcomes": {"session_id": True},
@@ -155,6 +157,15 @@ def encode_save_batch(request_id: str, saves: list[bytes]) -> bytes:
     return _envelope(request_id, "save_batch").encode() + b',"saves":[' + b",".join(saves) + b"]}"
 
 
+def with_deadline(frame: bytes, deadline: float) -> bytes:
+    """A save frame (any ``encode_save_*`` result) carrying ``deadline``, Unix seconds.
+
+    Spliced before the closing brace, so the frame is not encoded again. On a
+    save_batch it is every item's deadline (an item's own, if earlier, wins).
+    """
+    return b'%s,"deadline":%s}' % (frame[:-1], repr(float(deadline)).encode())
+
+
 def encode_request(request_id: str, op: str, **params: Any) -> bytes:
     """Encode a query or admin request."""
     return json.dumps({"v": VERSION, "id": request_id, "op": op, **params}).encode()
@@ -219,13 +230,15 @@ def _reject_constant(name: str) -> Any:
 def _decode_save_session(request_id: str, op: str, obj: dict[str, Any]) -> Request:
     if not isinstance(obj["session"], dict):
         raise MalformedRequest("save_session: session must be a JSON object")
+    deadline = _deadline(obj, op)
     session = checked(LearningSession, obj["session"], "save_session")
     checked_id(session.id, "session.id")
-    return Request(request_id, op, write=SessionWrite(session, request_id))
+    return Request(request_id, op, write=SessionWrite(session, request_id, deadline))
 
 
 def _decode_save_outcome(request_id: str, op: str, obj: dict[str, Any]) -> Request:
     session_id = _string(obj, "session_id", op)
+    deadline = _deadline(obj, op)
     edit = obj["edit"]
     if not isinstance(obj["outcome"], dict):
         raise MalformedRequest("save_outcome: outcome must be a JSON object")
@@ -242,15 +255,21 @@ def _decode_save_outcome(request_id: str, op: str, obj: dict[str, Any]) -> Reque
         edit["pillar"], edit["op"], edit["target"], edit["risk_tier"], edit.get("rationale", "")
     )
     return Request(
-        request_id, op, write=OutcomeWrite(session_id, outcome, checked_fields, request_id)
+        request_id,
+        op,
+        write=OutcomeWrite(session_id, outcome, checked_fields, request_id, deadline),
     )
 
 
 def _decode_save_batch(request_id: str, op: str, obj: dict[str, Any]) -> Request:
-    """Each item is a whole save request; a bad item fails alone, like a lone save would."""
+    """Each item is a whole save request; a bad item fails alone, like a lone save would.
+
+    The batch's deadline is each item's, unless the item carries an earlier one.
+    """
     saves = obj["saves"]
     if not isinstance(saves, list) or not 0 < len(saves) <= MAX_BATCH_ITEMS:
         raise MalformedRequest(f"save_batch: saves must be a list of 1-{MAX_BATCH_ITEMS} requests")
+    deadline = _deadline(obj, op)
     items = []
     for item in saves:
         item_id = item.get("id") if isinstance(item, dict) else None
@@ -258,6 +277,9 @@ def _decode_save_batch(request_id: str, op: str, obj: dict[str, Any]) -> Request
             item_id if isinstance(item_id, str) and 0 < len(item_id) <= MAX_ID_LENGTH else None
         )
         try:
+            if deadline is not None and isinstance(item, dict):
+                own = _deadline(item, "save_batch item")
+                item["deadline"] = deadline if own is None else min(own, deadline)
             items.append(BatchItem(item_id, write=_decode_object(item, SAVE_OPS).write))
         except SessionStoreError as err:
             items.append(BatchItem(item_id, error=err))
@@ -294,6 +316,19 @@ def _decode_admin(request_id: str, op: str, obj: dict[str, Any]) -> Request:
         if flag in params and not isinstance(params[flag], bool):
             raise MalformedRequest(f"reconcile: {flag} must be true or false")
     return Request(request_id, op, params=params)
+
+
+def _deadline(obj: dict[str, Any], op: str) -> float | None:
+    """A save's optional deadline: a finite number of Unix seconds (NaN/inf never parse)."""
+    deadline = obj.get("deadline")
+    if deadline is None:
+        return None
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+        raise MalformedRequest(f"{op}: deadline must be a number (Unix time in seconds)")
+    try:
+        return float(deadline)
+    except OverflowError:  # an int too big for a float: later than any clock will read
+        return None
 
 
 def _string(obj: dict[str, Any], key: str, op: str) -> str:

@@ -275,4 +275,6 @@ def test_a_scheduled_run_that_comes_due_during_a_requested_run_is_skipped(
     result = client.reconcile(full=True, timeout=120)  # retried until it gets a run of its own
     assert result["scanned"] == 2000
     log = d.stderr_path.read_text()
-    assert "reconcile: not started, a run asked for with dry_run=False, full=True" in log, log[-3000:]
+    assert "reconcile: not started, a run asked for with dry_run=False, full=True" in log, log[
+        -3000:
+    ]

@@ -87,18 +87,87 @@ GUARANTEES: tuple[Guarantee, ...] = (
             ),
             Mutation(
                 "set_wise_path_ignores_applied_ids",
-                "a batch of outcome saves is inserted whole, ids applied before included",
+                "a batch of outcome saves inserts the rows of ids applied before too",
                 "src/sessionstore/batch.py",
                 (
                     (
-                        "    fresh = [w for w in outcome_writes if w.request_id not in seen]\n",
-                        "    fresh = list(outcome_writes)\n",
+                        "        rows = [row for row, dup in zip(rows, duplicates, strict=True) if not dup]\n",
+                        "        pass\n",
                     ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="A save reported failed is not applied later.",
+        tests=(
+            "tests/test_retries.py::test_saves_reported_failed_while_the_daemon_was_stopped_are_not_applied_later",
+            "tests/test_retries.py::test_a_save_that_waits_past_its_deadline_for_the_write_lock_is_refused",
+            "tests/test_retries.py::test_an_expired_save_is_refused_with_its_own_code_and_leaves_its_id_unused",
+        ),
+        mutations=(
+            Mutation(
+                "deadlines_ignored",
+                "the daemon applies a save whatever its deadline",
+                "src/sessionstore/batch.py",
+                (
                     (
-                        '        "INSERT INTO applied_requests (request_id, op, applied_at) '
-                        "VALUES (?, 'save_outcome', ?)\",\n",
-                        '        "INSERT OR IGNORE INTO applied_requests (request_id, op, applied_at) '
-                        "VALUES (?, 'save_outcome', ?)\",\n",
+                        "    expired = [w.deadline is not None and w.deadline <= now for w in writes]\n",
+                        "    expired = [False for w in writes]\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "client_sends_no_deadline",
+                "the client sends its saves without a deadline",
+                "src/sessionstore/client.py",
+                (
+                    (
+                        "            self._call(rid, protocol.with_deadline(frame, retries.save_deadline(self.timeout)))\n",
+                        "            self._call(rid, frame)\n",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="A failed save can be retried exactly once.",
+        tests=(
+            "tests/test_retries.py::test_saves_reported_failed_while_the_daemon_was_stopped_are_not_applied_later",
+            "tests/test_retries.py::test_a_save_without_deadline_is_applied_late_and_its_retry_is_a_duplicate",
+            "tests/test_retries.py::test_a_client_that_still_waits_when_its_save_expires_gets_deadline_expired",
+        ),
+        mutations=(
+            Mutation(
+                "failed_save_names_no_id",
+                "a save that timed out does not say which request id to retry with",
+                "src/sessionstore/client.py",
+                (
+                    (
+                        "                unknown_request_ids=(rid,),\n",
+                        "                unknown_request_ids=(),\n",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="A request id names one save.",
+        tests=(
+            "tests/test_retries.py::test_reused_request_id_with_other_content_is_refused_never_acknowledged",
+            "tests/test_retries.py::test_direct_and_daemon_saves_agree_on_what_the_same_save_is",
+            "tests/test_retries.py::test_index_at_schema_3_migrates_and_its_ids_without_digest_stay_duplicates",
+            "tests/test_store.py::test_large_outcome_batches_give_the_same_results_as_one_by_one",
+        ),
+        mutations=(
+            Mutation(
+                "digest_not_compared",
+                "any save under an applied id is taken for a duplicate of it",
+                "src/sessionstore/batch.py",
+                (
+                    (
+                        "    return applied_op == op and (applied_digest is None or applied_digest == digest)\n",
+                        "    return applied_op == op\n",
                     ),
                 ),
             ),

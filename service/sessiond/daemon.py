@@ -4,6 +4,7 @@ Start-up order matters to systemd: READY=1 is sent only once the socket is bound
 and the schema is migrated, so a client started after the unit is "active" can
 always connect. SIGTERM/SIGINT ask the loop to stop taking new work; what was
 received is committed and answered, the WAL is checkpointed, and we exit 0.
+SIGHUP re-reads the settings (:mod:`sessiond.reload`) and keeps serving.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import zmq
 from sessiond.ingest import IngestLoop
 from sessiond.jobs import Jobs
 from sessiond.logs import configure_logging
+from sessiond.reload import Reloader
 from sessiond.systemd import Notifier, journal_stream_active
 from sessionstore.config import Settings, is_loopback
 from sessionstore.errors import ConfigError, SessionStoreError
@@ -85,8 +87,11 @@ READER_SWITCH_INTERVAL = 0.001
 """Seconds a thread may hold the GIL while another waits for it (CPython's default: 0.005)."""
 
 
-def serve(settings: Settings) -> int:
-    """Run the daemon until SIGTERM/SIGINT; return the process exit code."""
+def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; return the process exit code.
+
+    ``reload_settings`` reads the settings again as they were read for this start;
+    SIGHUP calls it (without it, a reload says it cannot re-read them)."""
     configure_logging(settings.log_level, journal=journal_stream_active())
     os.umask(0o077)  # the index, its WAL and the ipc socket are the owner's alone
     if settings.query_threads > 0:
@@ -108,12 +113,12 @@ def serve(settings: Settings) -> int:
     lock = IndexLock(settings.index_path)
     lock.acquire()
     try:
-        return _serve_locked(settings)
+        return _serve_locked(settings, reload_settings)
     finally:
         lock.release()
 
 
-def _serve_locked(settings: Settings) -> int:
+def _serve_locked(settings: Settings, reload_settings: Callable[[], Settings] | None) -> int:
     socket_path = _ipc_path(settings.endpoint)
     if socket_path is not None and socket_path.exists():
         socket_path.unlink()  # we hold the index lock: no live daemon owns this socket
@@ -125,8 +130,14 @@ def _serve_locked(settings: Settings) -> int:
     loop = IngestLoop(store, settings, context)
     jobs = Jobs(loop, store, settings)
     heartbeat = Heartbeat(notifier, loop.stats.summary, settings.status_interval)
+    reloader = Reloader(settings, reload_settings, notifier, loop.stats.summary)
+
+    def every_turn() -> None:
+        heartbeat()
+        reloader()
+
     loop.configure(
-        heartbeat=heartbeat,
+        heartbeat=every_turn,
         admin=jobs.admin_handlers(),
         idle_poll_ms=heartbeat.poll_ms,
         on_stopping=notifier.stopping,
@@ -145,7 +156,12 @@ def _serve_locked(settings: Settings) -> int:
         # so STOPPING=1 is sent by the loop as it leaves (on_stopping below).
         loop.request_stop()
 
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        reloader.request()  # applied by the loop thread on its next turn
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # Until the very end: by default SIGHUP ends the process, also mid-checkpoint.
+    previous_hangup = signal.signal(signal.SIGHUP, on_hangup)
     jobs.start()
     counts = store.counts()
     notifier.ready()
@@ -173,6 +189,7 @@ def _serve_locked(settings: Settings) -> int:
         notifier.close()
         if socket_path is not None:
             socket_path.unlink(missing_ok=True)  # leave no stale socket file behind
+        signal.signal(signal.SIGHUP, previous_hangup)
     log.info("sessiond %d stopped: %s", os.getpid(), loop.stats.summary())
     return 0
 

@@ -6,6 +6,7 @@ safety rules in this package's docstring.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -16,6 +17,8 @@ SYSTEMD = "/lib/systemd/systemd"
 JOURNALD = "/lib/systemd/systemd-journald"
 TOOLS = ("unshare", "nsenter", "setpriv", "mount", "systemctl", "journalctl")
 FIRST_FREE_ID = 61000
+CGROUP_PREFIX = "sessionstore-test-"
+SCRATCH_PREFIX = "ssd-"
 VENV_BUILD_TIMEOUT = 600.0
 
 
@@ -67,6 +70,30 @@ def remove_cgroup_tree(root: Path, timeout: float) -> None:
                     raise
         if root.exists():
             time.sleep(0.05)
+
+
+def scratch_name(prefix: str) -> str:
+    """A name that says which test process made it (see :func:`remove_leftovers`)."""
+    return f"{prefix}{os.getpid()}-"
+
+
+def remove_leftovers(cgroup_parent: Path, scratch_parent: Path) -> None:
+    """Remove the sub-cgroups and scratch directories of sandboxes whose test process
+    was killed outright. Its namespaces died with it (PR_SET_PDEATHSIG), so these are
+    empty and unmounted; those of a test process still alive are left alone."""
+    stale = [
+        *cgroup_parent.glob(f"{CGROUP_PREFIX}*"),
+        *scratch_parent.glob(f"{SCRATCH_PREFIX}*"),
+    ]
+    for path in stale:
+        pid = path.name.split("-")[-2]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        if path.is_relative_to(cgroup_parent):
+            with contextlib.suppress(OSError):  # still populated: not ours to touch
+                remove_cgroup_tree(path, timeout=0)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def free_ids(count: int) -> list[int]:

@@ -16,11 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from systemd_sandbox.machine import (
+    CGROUP_PREFIX,
     JOURNALD,
+    SCRATCH_PREFIX,
     SYSTEMD,
     free_ids,
     own_cgroup2_dir,
     remove_cgroup_tree,
+    remove_leftovers,
+    scratch_name,
 )
 from systemd_sandbox.units import JOURNALD_CONF, START_TARGET, write_units
 
@@ -28,6 +32,8 @@ PID1 = Path(__file__).resolve().parent / "pid1.py"
 START_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
+# Short on purpose: AF_UNIX socket paths under a sandbox must stay below 108 bytes.
+SCRATCH_PARENT = Path("/tmp")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -45,8 +51,8 @@ class Sandbox:
     mode = ""
 
     def __init__(self, venv: Path) -> None:
-        # Short on purpose: AF_UNIX socket paths under it must stay below 108 bytes.
-        self.base = Path(tempfile.mkdtemp(prefix="ssd-", dir="/tmp"))
+        remove_leftovers(own_cgroup2_dir(), SCRATCH_PARENT)
+        self.base = Path(tempfile.mkdtemp(prefix=scratch_name(SCRATCH_PREFIX), dir=SCRATCH_PARENT))
         self.base.chmod(0o755)  # the sandbox's accounts traverse it
         self.venv = venv
         self.cgroup: Path | None = None
@@ -62,7 +68,7 @@ class Sandbox:
 
     def start(self, timeout: float = START_TIMEOUT) -> Sandbox:
         self._prepare()
-        self.cgroup = own_cgroup2_dir() / f"sessionstore-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.cgroup = own_cgroup2_dir() / f"{scratch_name(CGROUP_PREFIX)}{uuid.uuid4().hex[:8]}"
         self.cgroup.mkdir()
         config = {"mode": self.mode, "base": str(self.base), "venv": str(self.venv)}
         config.update(self._init_config())

@@ -354,7 +354,7 @@ STRICT_FILTER = """SystemCallErrorNumber=
 WatchdogSec=2
 Environment=SESSIONSTORE_STATUS_INTERVAL=0.5 SESSIONSTORE_CHECKPOINT_INTERVAL=1
 Environment=SESSIONSTORE_RECONCILE_INTERVAL=2 SESSIONSTORE_RECONCILE_FULL_INTERVAL=3
-Environment=SESSIONSTORE_INTEGRITY_INTERVAL=2
+Environment=SESSIONSTORE_INTEGRITY_INTERVAL=2 SESSIONSTORE_REQUEST_ID_RETENTION=2
 """
 
 
@@ -376,7 +376,7 @@ def test_filter_allows_every_system_call_the_daemon_makes(service: Service) -> N
     assert service.ask("reject") == "malformed"
     service.sandbox.systemctl("reload", UNIT)
     service.sandbox.wait_for_journal(UNIT, "reload: settings unchanged")
-    for job in ("checkpoint done", "reconcile done", "integrity done"):
+    for job in ("checkpoint done", "reconcile done", "integrity done", "prune_request_ids done"):
         service.sandbox.wait_for_journal(UNIT, job)
     assert service.state("MainPID", "NRestarts") == {"MainPID": str(pid), "NRestarts": "0"}
     service.sandbox.systemctl("stop", UNIT)

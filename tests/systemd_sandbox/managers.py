@@ -177,6 +177,7 @@ class Sandbox:
     def journal(self, unit: str, *args: str) -> str:
         """The unit's journal: its own lines and the manager's about it. Read as root, which
         reads every journal file; ``journalctl --user-unit`` would match root's uid only."""
+        unit = unit if "." in unit else f"{unit}.service"
         if self.mode == "user":
             selector = [f"_SYSTEMD_USER_UNIT={unit}", "+", f"USER_UNIT={unit}"]
         else:

@@ -142,12 +142,29 @@ def matrix(address: str) -> None:
             results = list(pool.map(lambda f: f(), reads * 8))
         report["reads"] = results[: len(reads)]
         report["reads_consistent"] = results == results[: len(reads)] * 8
+        big = session("matrix-big")  # near the frame limit: big buffers, overflow pages
+        big.trigger_metadata = {"notes": "x" * 900_000}
+        client.save_session(big)
+        fetched = client.get_session("matrix-big")
+        report["big_session_bytes"] = len(fetched.trigger_metadata["notes"]) if fetched else 0
+        report["oversized_dropped"] = _oversized_frame(address)
         report["checkpoint"] = client.checkpoint()["mode"]
         report["reconcile"] = client.reconcile(full=True)
         report["integrity"] = client.integrity_check()
         report["status_applied"] = client.status()["requests_applied"]
     report["connections"] = _many_connections(address, 64)
     print(json.dumps(report, default=str))
+
+
+def _oversized_frame(address: str) -> bool:
+    """A frame over max_message_bytes: the daemon drops that connection, answers nothing."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(address)
+    sock.send(b'{"v": 1, "id": "huge", "op": "status", "pad": "' + b"x" * (2 << 20) + b'"}')
+    answered = bool(sock.poll(2000))
+    sock.close()
+    return not answered
 
 
 def _many_connections(address: str, count: int) -> int:

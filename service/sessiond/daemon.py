@@ -4,6 +4,7 @@ Start-up order matters to systemd: READY=1 is sent only once the socket is bound
 and the schema is migrated, so a client started after the unit is "active" can
 always connect. SIGTERM/SIGINT ask the loop to stop taking new work; what was
 received is committed and answered, the WAL is checkpointed, and we exit 0.
+SIGHUP re-reads the settings (:mod:`sessiond.reload`) and keeps serving.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sessiond.ingest import IngestLoop
 from sessiond.jobs import Jobs
 from sessiond.limits import raise_open_files_limit
 from sessiond.logs import configure_logging
+from sessiond.reload import Reloader
 from sessiond.systemd import Notifier, journal_stream_active
 from sessionstore.config import Settings, is_loopback
 from sessionstore.errors import ConfigError, SessionStoreError
@@ -83,8 +85,11 @@ READER_SWITCH_INTERVAL = 0.001
 """Seconds a thread may hold the GIL while another waits for it (CPython's default: 0.005)."""
 
 
-def serve(settings: Settings) -> int:
-    """Run the daemon until SIGTERM/SIGINT; return the process exit code."""
+def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; return the process exit code.
+
+    ``reload_settings`` reads the settings again as they were read for this start;
+    SIGHUP calls it (without it, a reload says it cannot re-read them)."""
     configure_logging(settings.log_level, journal=journal_stream_active())
     os.umask(0o077)  # the index, its WAL and the ipc socket are the owner's alone
     raise_open_files_limit()  # one descriptor per connection: see sessiond.limits
@@ -108,7 +113,7 @@ def serve(settings: Settings) -> int:
     lock.acquire()
     try:
         make_index_owner_only(settings.index_path)
-        return _serve_locked(settings)
+        return _serve_locked(settings, reload_settings)
     finally:
         lock.release()  # after _serve_locked closed every SQLite connection on the index
 
@@ -124,7 +129,7 @@ def make_index_owner_only(db_path: Path) -> None:
         log.info("made the index files owner-only: %s", ", ".join(str(done) for done in tightened))
 
 
-def _serve_locked(settings: Settings) -> int:
+def _serve_locked(settings: Settings, reload_settings: Callable[[], Settings] | None) -> int:
     store = SessionStore(settings.index_path, durability=settings.durability)
     if settings.checkpoint_mode == "off":
         store.set_autocheckpoint(0)  # the external replicator checkpoints; we never do
@@ -133,8 +138,14 @@ def _serve_locked(settings: Settings) -> int:
     loop = IngestLoop(store, settings, context)
     jobs = Jobs(loop, store, settings)
     heartbeat = Heartbeat(notifier, loop.stats.summary, settings.status_interval)
+    reloader = Reloader(settings, reload_settings, notifier, loop.stats.summary)
+
+    def every_turn() -> None:
+        heartbeat()
+        reloader()
+
     loop.configure(
-        heartbeat=heartbeat,
+        heartbeat=every_turn,
         admin=jobs.admin_handlers(),
         idle_poll_ms=heartbeat.poll_ms,
         on_stopping=notifier.stopping,
@@ -151,7 +162,12 @@ def _serve_locked(settings: Settings) -> int:
         # so STOPPING=1 is sent by the loop as it leaves (on_stopping below).
         loop.request_stop()
 
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        reloader.request()  # applied by the loop thread on its next turn
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # Until the very end: by default SIGHUP ends the process, also mid-checkpoint.
+    previous_hangup = signal.signal(signal.SIGHUP, on_hangup)
     jobs.start()
     counts = store.counts()
     notifier.ready()
@@ -177,6 +193,7 @@ def _serve_locked(settings: Settings) -> int:
         context.term()
         store.close()
         notifier.close()
+        signal.signal(signal.SIGHUP, previous_hangup)
     log.info("sessiond %d stopped: %s", os.getpid(), loop.stats.summary())
     return 0
 

@@ -44,16 +44,19 @@ def _client(args: argparse.Namespace) -> SessionStoreClient:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings(
-        args,
-        learning_root=args.learning_root,
-        db_path=args.db,
-        durability=args.durability,
-        log_level=args.log_level,
-    )
+    def load() -> Settings:  # again on SIGHUP: flags still win over the edited file
+        return _settings(
+            args,
+            learning_root=args.learning_root,
+            db_path=args.db,
+            durability=args.durability,
+            log_level=args.log_level,
+        )
+
+    settings = load()
     (daemon,) = entry_points(group="sessionstore.daemon", name="serve")
-    serve: Callable[[Settings], int] = daemon.load()
-    return serve(settings)
+    serve: Callable[..., int] = daemon.load()
+    return serve(settings, reload_settings=load)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -179,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("serve", cmd_serve, "run the daemon until SIGTERM/SIGINT")
+    p = add("serve", cmd_serve, "run the daemon until SIGTERM/SIGINT (SIGHUP: reload settings)")
     p.add_argument("--learning-root", help="learning root (default $OPENJARVIS_HOME/learning)")
     p.add_argument("--db", help="index database path (default <learning root>/distillation.db)")
     p.add_argument("--durability", choices=["full", "normal"], help="SQLite synchronous level")

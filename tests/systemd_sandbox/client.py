@@ -150,6 +150,10 @@ def matrix(address: str) -> None:
         report["oversized_dropped"] = _oversized_frame(address)
         report["checkpoint"] = client.checkpoint()["mode"]
         report["reconcile"] = client.reconcile(full=True)
+        # a scheduled pass may have indexed them first: what counts is that they are there
+        report["on_disk_indexed"] = [
+            client.get_session(f"on-disk-{n}") is not None for n in range(3)
+        ]
         report["integrity"] = client.integrity_check()
         report["status_applied"] = client.status()["requests_applied"]
     report["connections"] = _many_connections(address, 64)

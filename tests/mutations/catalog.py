@@ -495,6 +495,7 @@ GUARANTEES: tuple[Guarantee, ...] = (
         tests=(
             "tests/test_service.py::test_a_stalled_loop_stops_the_watchdog_pings_and_they_resume_when_it_moves",
             "tests/test_service.py::test_watchdog_keeps_pinging_while_the_daemon_is_busy",
+            "tests/test_systemd_units.py::test_watchdog_restarts_a_stopped_daemon_and_acknowledged_saves_survive",
         ),
         mutations=(
             Mutation(
@@ -522,6 +523,60 @@ GUARANTEES: tuple[Guarantee, ...] = (
                 "the loop never sends WATCHDOG=1",
                 "service/sessiond/daemon.py",
                 (("            self._notifier.watchdog()\n", "            pass\n"),),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="Both units work under a real systemd manager.",
+        tests=(
+            "tests/test_systemd_units.py::test_start_returns_once_ready_and_a_save_is_acknowledged",
+            "tests/test_systemd_units.py::test_socket_admits_its_owner_or_group_and_refuses_anyone_else",
+            "tests/test_systemd_units.py::test_unit_raises_the_open_file_limit_for_many_clients",
+            "tests/test_systemd_units.py::test_status_text_carries_the_status_line_and_follows_saves",
+            "tests/test_systemd_units.py::test_journal_gets_priorities_warning_shows_rejections_not_routine",
+            "tests/test_systemd_units.py::test_stop_under_write_load_is_clean_and_keeps_every_acknowledged_save",
+            "tests/test_systemd_units.py::test_filter_allows_every_system_call_the_daemon_makes",
+        ),
+        mutations=(
+            Mutation(
+                "system_unit_denies_sched_setscheduler",
+                "the system unit's filter refuses the call libzmq makes for each of its threads",
+                "systemd/sessionstore.service",
+                (("\nSystemCallFilter=sched_setscheduler\n", "\n"),),
+            ),
+            Mutation(
+                "user_unit_denies_sched_setscheduler",
+                "the user unit's filter refuses the call libzmq makes for each of its threads",
+                "systemd/sessionstore-user.service",
+                (("\nSystemCallFilter=sched_setscheduler\n", "\n"),),
+            ),
+            Mutation(
+                "user_unit_keeps_the_default_file_limit",
+                "the user unit leaves the open-files limit at systemd's default",
+                "systemd/sessionstore-user.service",
+                (("\nLimitNOFILE=65536\n", "\n"),),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="A reload never stops the daemon.",
+        tests=(
+            "tests/test_reload.py::test_sighup_applies_log_level_and_names_what_needs_a_restart",
+            "tests/test_reload.py::test_sighup_with_an_invalid_file_keeps_the_settings_and_serving",
+            "tests/test_reload.py::test_sighup_storm_never_stops_the_daemon",
+            "tests/test_systemd_units.py::test_reload_rereads_settings_and_keeps_serving",
+        ),
+        mutations=(
+            Mutation(
+                "sighup_not_handled",
+                "SIGHUP keeps its default action: the daemon dies",
+                "service/sessiond/daemon.py",
+                (
+                    (
+                        "    previous_hangup = signal.signal(signal.SIGHUP, on_hangup)\n",
+                        "    previous_hangup = signal.getsignal(signal.SIGHUP)\n",
+                    ),
+                ),
             ),
         ),
     ),

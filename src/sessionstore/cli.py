@@ -315,8 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("status", cmd_status, "show the running daemon's counters, jobs and index size")
     p = add("ls", cmd_ls, f"list sessions, newest first (the newest {LS_LIMIT} unless told)")
+    statuses = [s.value for s in SessionStatus]
     p.add_argument(
-        "--status", choices=[s.value for s in SessionStatus], help="only sessions in this status"
+        "--status",
+        choices=statuses,
+        metavar="STATUS",
+        help=f"only sessions in this status: {', '.join(statuses)}",
     )
     shown = p.add_mutually_exclusive_group()
     shown.add_argument(

@@ -354,7 +354,7 @@ def rebuild_progress(interactive: bool) -> Iterator[Callable[[int, int], None]]:
         return
 
     def report(done: int, total: int) -> None:
-        if done == total or done % PROGRESS_EVERY == 0:
+        if done and (done == total or done % PROGRESS_EVERY == 0):
             print(f"rebuild: {done}/{total} session files", file=sys.stderr, flush=True)
 
     yield report

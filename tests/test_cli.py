@@ -355,6 +355,14 @@ def test_a_socket_file_left_by_a_killed_daemon_fails_at_once(
     assert f"no daemon at {killed.address}" in line and "gone" in line
 
 
+def test_an_address_that_is_no_socket_is_a_configuration_error(run: Run, sockdir: Path) -> None:
+    (sockdir / "notes.txt").write_text("not a socket", encoding="utf-8")
+    for path in (sockdir, sockdir / "notes.txt"):
+        done = run("status", "--address", f"ipc://{path}", "--timeout", "120", timeout=60.0)
+        assert done.returncode == 2
+        assert one_line_error(done, "status").endswith(f"{path} is not a socket")
+
+
 @pytest.mark.parametrize("args", NO_DAEMON_COMMANDS, ids=lambda a: a[0])
 def test_a_daemon_that_does_not_answer_fails_within_the_timeout(
     run: Run, silent_address: str, args: list[str]

@@ -24,6 +24,7 @@ import argparse
 import logging
 import os
 import socket
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -106,8 +107,12 @@ def require_listener(address: str) -> None:
     path = ipc_path(address)
     if path is None:
         return
-    if not os.path.lexists(path):
-        raise DaemonUnavailable(f"no daemon at {address} (no socket file); {START_HINT}")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DaemonUnavailable(f"no daemon at {address} (no socket file); {START_HINT}") from None
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"address {address}: {path} is not a socket")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
         try:

@@ -38,8 +38,8 @@ from sessionstore.cli_options import (
     ACCEPTS,
     CLIENT_OPTIONS,
     add_global_options,
+    parse_command_line,
     positive_int,
-    refuse_inapplicable,
 )
 from sessionstore.cli_render import (
     config_reference,
@@ -75,6 +75,8 @@ NOT_REBUILD = frozenset(
     | {"index_only", "dry_run", "full"}
 )
 START_HINT = "start one with `sessionstore serve`"
+# Longest wait for a Unix socket to accept the probe connection (a listener accepts at once).
+PROBE_TIMEOUT = 1.0
 
 
 # -- talking to the daemon ----------------------------------------------------------
@@ -114,7 +116,7 @@ def require_listener(address: str) -> None:
     if not stat.S_ISSOCK(mode):
         raise ConfigError(f"address {address}: {path} is not a socket")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
+        probe.settimeout(PROBE_TIMEOUT)
         try:
             probe.connect(os.fspath(path))
         except ConnectionRefusedError:
@@ -391,8 +393,7 @@ class _Formatter(logging.Formatter):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    refuse_inapplicable(args)
+    args = parse_command_line(parser, argv)
     handler = logging.StreamHandler()
     handler.setFormatter(_Formatter(args.command))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])

@@ -77,8 +77,23 @@ def add_global_options(parser: argparse.ArgumentParser, names: Sequence[str], *,
             parser.add_argument(flag, metavar=metavar, default=default, help=help_text)
 
 
-def refuse_inapplicable(args: argparse.Namespace) -> None:
-    """A global option given before a command that has no use for it is an error, not ignored."""
+def parse_command_line(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """Parse, refusing a shared option the command has no use for, wherever it was given.
+
+    Before the command name the main parser takes it; after it, the command's parser
+    does not know it. Either way the message names the option and says why.
+    """
+    args, extra = parser.parse_known_args(argv)
+    command_parser: argparse.ArgumentParser = getattr(args, "command_parser", parser)
+    for word in extra:
+        flag = word.split("=", 1)[0]
+        if flag.startswith("--") and flag[2:] in GLOBAL_HELP:
+            command_parser.error(f"{flag} does not apply to this command")
+    if extra:
+        command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     for name in ("config", "address", "timeout", "json"):
         if name not in args.accepts and getattr(args, name) not in (None, False):
-            args.command_parser.error(f"--{name} does not apply to this command")
+            command_parser.error(f"--{name} does not apply to this command")
+    return args

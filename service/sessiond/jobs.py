@@ -32,6 +32,8 @@ JOB_WAIT_SECONDS = 3600.0
 # After a start (perhaps after a crash that lost the WAL) the index should catch up with
 # the session.json files soon, not a whole reconcile_interval later.
 FIRST_RECONCILE_DELAY = 5.0
+# Newly unusable session.json / plan.json files named one per log line, at most this many a pass.
+LOG_INVALID_MOST = 5
 
 
 @dataclass
@@ -87,6 +89,8 @@ class Jobs:
         self.states: dict[str, JobState] = {}
         self.integrity_ok: bool | None = None
         self._runs = JobRuns()  # one run of each job at a time, asked for or scheduled
+        self._reported_invalid: set[Any] = set()
+        """Unusable files (InvalidFile: path and reason) already logged: each is logged once."""
         # The first scheduled pass after start is incremental; the first full one
         # comes a full interval later (a restart does not make files change).
         self._last_full_reconcile = time.monotonic()
@@ -126,14 +130,27 @@ class Jobs:
         )
         report = result.to_dict()
         report["full"] = full
-        if result.invalid:
-            log.warning(
-                "reconcile: %d unreadable file(s), e.g. %s: %s",
-                len(result.invalid),
-                result.invalid[0].path,
-                result.invalid[0].reason,
-            )
+        if not dry_run:  # a dry run's problems are reported to whoever asked for it
+            self._log_invalid(result.invalid, full)
         return report
+
+    def _log_invalid(self, invalid: list[Any], full: bool) -> None:
+        """Log each unusable file once, not at every pass (every 5 minutes) while it stays so.
+
+        A full pass reads every file, so what it found replaces what was known: a file
+        fixed and broken again is logged again. An incremental pass may not re-read a
+        file (a plan.json is read only with its session), so it only adds.
+        """
+        found = set(invalid)
+        new = [problem for problem in invalid if problem not in self._reported_invalid]
+        self._reported_invalid = found if full else self._reported_invalid | found
+        for problem in new[:LOG_INVALID_MOST]:
+            log.warning("reconcile: cannot use %s: %s", problem.path, problem.reason)
+        if len(new) > LOG_INVALID_MOST:
+            log.warning(
+                "reconcile: %d more unusable files (`sessionstore reconcile --dry-run` lists all)",
+                len(new) - LOG_INVALID_MOST,
+            )
 
     def _integrity(self) -> dict[str, Any]:
         """``PRAGMA quick_check`` on a read-only connection of its own, off the loop.
@@ -287,6 +304,16 @@ class Jobs:
 
 
 def _brief(result: Any) -> str:
-    if isinstance(result, dict):
-        return ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, list | dict))
-    return str(result)
+    """A job's result for its log line: lists as their length, floats without binary noise."""
+    if not isinstance(result, dict):
+        return str(result)
+    parts = []
+    for key, value in result.items():
+        if isinstance(value, dict) or key == "duration_seconds":  # the line says how long
+            continue
+        if isinstance(value, list):
+            value = len(value)
+        elif isinstance(value, float):
+            value = f"{value:.3g}"
+        parts.append(f"{key}={value}")
+    return ", ".join(parts)

@@ -30,6 +30,7 @@ from sessionstore.errors import (
     RequestIdConflict,
     SessionStoreError,
     UnknownSession,
+    shorten,
 )
 from sessionstore.models import EditOutcome, LearningSession
 from sessionstore.records import OutcomeEdit, outcome_row, session_row
@@ -237,13 +238,14 @@ def _apply_one(conn: sqlite3.Connection, write: Write) -> bool:
         parent = session.parent_session_id
         if parent is not None and parent != session.id and not _has_session(conn, parent):
             raise UnknownSession(
-                f"save_session {session.id!r}: parent session {parent!r} is not in the index"
+                f"save_session {shorten(session.id)}: parent session {shorten(parent)} "
+                "is not in the index"
             )
         conn.execute(UPSERT_SESSION, row)
     else:
         if not _has_session(conn, write.session_id):
             raise UnknownSession(
-                f"save_outcome {write.outcome.edit_id!r}: session {write.session_id!r} "
+                f"save_outcome {shorten(write.outcome.edit_id)}: session {shorten(write.session_id)} "
                 "is not in the index (save the session first)"
             )
         conn.execute(INSERT_OUTCOME, row)
@@ -330,5 +332,5 @@ def _has_session(conn: sqlite3.Connection, session_id: str) -> bool:
 
 def _describe(write: Write) -> str:
     if isinstance(write, SessionWrite):
-        return f"save_session {write.session.id!r}"
-    return f"save_outcome {write.outcome.edit_id!r} for session {write.session_id!r}"
+        return f"save_session {shorten(write.session.id)}"
+    return f"save_outcome {shorten(write.outcome.edit_id)} for session {shorten(write.session_id)}"

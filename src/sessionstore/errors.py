@@ -3,9 +3,35 @@
 Every class that can cross the wire carries a ``code``; the daemon puts that code
 in its error reply and the client raises the same class again, so a caller sees
 the same exception whether it talks to ``SessionStore`` or ``SessionStoreClient``.
+Messages echo a caller's value through :func:`shorten`, never whole.
 """
 
 from __future__ import annotations
+
+ECHO_LIMIT = 60
+"""Longest echo of a caller's value in a message (see :func:`shorten`)."""
+
+
+def shorten(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)`` for an error message, cut in the middle when it is long.
+
+    A message echoes what it refuses (an id, a field's value) so the caller can
+    find it, but a 100 KB id echoed whole buries the message and bloats every log
+    line that repeats it. The head and the tail stay, and the length is stated,
+    so the value is still recognisable: ``'run-aaaa…aaaa-42' (100000 characters)``.
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    tail = max(1, limit // 4)
+    head = limit - tail - 1
+    if isinstance(value, str):
+        size = f"{len(value)} characters"
+    elif isinstance(value, bytes):
+        size = f"{len(value)} bytes"
+    else:
+        size = f"{type(value).__name__}, {len(text)} characters"
+    return f"{text[:head]}…{text[-tail:]} ({size})"
 
 
 class SessionStoreError(Exception):

@@ -25,6 +25,7 @@ from sessionstore.errors import (
     RequestTooLarge,
     SessionStoreError,
     error_for_code,
+    shorten,
 )
 from sessionstore.models import EditOutcome, LearningSession, SessionStatus
 from sessionstore.records import checked, checked_edit, checked_id
@@ -142,7 +143,7 @@ def _json_str(text: str) -> str:
     try:
         return to_json(text).decode()
     except ValueError as err:  # a lone surrogate: not text JSON can carry
-        raise InvalidRecord(f"{text!r:.60}: not valid Unicode text") from err
+        raise InvalidRecord(f"{shorten(text)}: not valid Unicode text") from err
 
 
 def _model_json(model: BaseModel, what: str) -> str:
@@ -209,18 +210,27 @@ def _decode_object(obj: Any, ops: frozenset[str] = OPS) -> Request:
     if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_ID_LENGTH:
         raise MalformedRequest(f"id: expected a string of 1-{MAX_ID_LENGTH} characters")
     if obj.get("v") != VERSION or isinstance(obj.get("v"), bool):
-        raise MalformedRequest(f"v: unsupported protocol version {obj.get('v')!r} (want {VERSION})")
+        raise MalformedRequest(
+            f"v: unsupported protocol version {shorten(obj.get('v'))} (want {VERSION})"
+        )
     op = obj.get("op")
     if not isinstance(op, str) or op not in ops:
-        raise MalformedRequest(f"op: unknown operation {op!r:.60}")
+        raise MalformedRequest(f"op: unknown operation {shorten(op)}")
     fields = _FIELDS[op]
     extra = set(obj) - {"v", "id", "op"} - set(fields)
     if extra:
-        raise MalformedRequest(f"{op}: unexpected field(s) {', '.join(sorted(extra))[:200]}")
+        raise MalformedRequest(f"{op}: unexpected field(s) {_names(extra)}")
     missing = [name for name, required in fields.items() if required and name not in obj]
     if missing:
         raise MalformedRequest(f"{op}: missing field(s) {', '.join(missing)}")
     return _DECODERS[op](request_id, op, obj)
+
+
+def _names(keys: set[str], most: int = 5) -> str:
+    """Unexpected keys for a message: a few, each shortened (a frame may carry thousands)."""
+    listed = sorted(keys)
+    shown = ", ".join(shorten(key, 40) for key in listed[:most])
+    return shown + (f" and {len(listed) - most} more" if len(listed) > most else "")
 
 
 def _reject_constant(name: str) -> Any:
@@ -248,9 +258,11 @@ def _decode_save_outcome(request_id: str, op: str, obj: dict[str, Any]) -> Reque
         )
     if set(edit) - _EDIT_KEYS:
         raise MalformedRequest(
-            f"save_outcome: edit: unexpected field(s) {sorted(set(edit) - _EDIT_KEYS)}"
+            f"save_outcome: edit: unexpected field(s) {_names(set(edit) - _EDIT_KEYS)}"
         )
-    outcome = checked(EditOutcome, obj["outcome"], f"save_outcome for session {session_id!r}")
+    outcome = checked(
+        EditOutcome, obj["outcome"], f"save_outcome for session {shorten(session_id)}"
+    )
     checked_fields = checked_edit(
         edit["pillar"], edit["op"], edit["target"], edit["risk_tier"], edit.get("rationale", "")
     )
@@ -298,7 +310,7 @@ def _decode_list_sessions(request_id: str, op: str, obj: dict[str, Any]) -> Requ
         try:
             status = SessionStatus(status)
         except ValueError:
-            raise InvalidRecord(f"status: {status!r} is not a SessionStatus value") from None
+            raise InvalidRecord(f"status: {shorten(status)} is not a SessionStatus value") from None
     if limit is not None and (
         isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**63
     ):

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import from_json
 
-from sessionstore.errors import InvalidRecord
+from sessionstore.errors import InvalidRecord, shorten
 from sessionstore.models import (
     EditOp,
     EditOutcome,
@@ -124,7 +124,7 @@ def _enum_value(enum: type[Enum], value: object, field: str) -> str:
         return str(enum(raw).value)
     except ValueError:
         allowed = ", ".join(m.value for m in enum)  # type: ignore[attr-defined]
-        raise InvalidRecord(f"{field}: {raw!r} is not one of {allowed}") from None
+        raise InvalidRecord(f"{field}: {shorten(raw)} is not one of {allowed}") from None
 
 
 def checked_edit(
@@ -145,7 +145,7 @@ def checked_edit(
 
 def checked_id(value: object, field: str) -> str:
     if not isinstance(value, str) or not value:
-        raise InvalidRecord(f"{field}: expected a non-empty string, got {value!r:.60}")
+        raise InvalidRecord(f"{field}: expected a non-empty string, got {shorten(value)}")
     _refuse_unencodable(value, field, "(id)")
     return value
 
@@ -257,7 +257,7 @@ def session_from_row(row: Sequence[Any], outcomes: list[EditOutcome]) -> Learnin
         return LearningSession.model_validate(_session_fields(row, outcomes))
     except (ValidationError, ValueError) as err:
         raise InvalidRecord(
-            f"index row for session {row[0]!r} is not a valid session: {err}"
+            f"index row for session {shorten(row[0])} is not a valid session: {err}"
         ) from err
 
 
@@ -281,7 +281,7 @@ def outcome_from_row(row: Sequence[Any]) -> EditOutcome:
         return EditOutcome.model_validate(_outcome_fields(row))
     except (ValidationError, ValueError) as err:
         raise InvalidRecord(
-            f"index row for outcome {row[0]!r} is not a valid outcome: {err}"
+            f"index row for outcome {shorten(row[0])} is not a valid outcome: {err}"
         ) from err
 
 

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sessionstore.errors import InvalidRecord
+from sessionstore.errors import InvalidRecord, shorten
 from sessionstore.filereading import SESSIONS_DIR, UnusableFile, parse_json, read_bytes, settled
 from sessionstore.models import LearningSession
 from sessionstore.records import checked
@@ -74,7 +74,7 @@ def read_session(path: str, name: str) -> SessionFile:
     data, st = read_bytes(path)
     session = _storable_session(parse_json(data))
     if session.id != name:
-        raise UnusableFile(f"id {session.id!r} does not match directory {name!r}")
+        raise UnusableFile(f"id {shorten(session.id)} does not match directory {shorten(name)}")
     return SessionFile(name, session_rel(name), session, st.st_size, st.st_mtime_ns, settled(st))
 
 

@@ -35,6 +35,7 @@ from sessionstore.errors import (
     InvalidRecord,
     ReadOnlyStore,
     StorageFailure,
+    shorten,
 )
 from sessionstore.maintenance import CheckpointResult, IndexMaintenance
 from sessionstore.models import EditOutcome, LearningSession, SessionStatus
@@ -73,7 +74,7 @@ class SessionStore(IndexMaintenance):
         durability: Durability = "full",
         busy_timeout: float = 5.0,
     ) -> None:
-        self._db_path = Path(db_path)
+        self._db_path = Path(db_path).expanduser()  # "~/..." as a shell would read it
         self._readonly = readonly
         self._lock = threading.RLock()
         try:
@@ -156,7 +157,7 @@ class SessionStore(IndexMaintenance):
         self._require_writable("save_outcome")
         sid = checked_id(session_id, "session_id")
         _require_model(EditOutcome, outcome, "save_outcome")
-        valid = checked(EditOutcome, outcome, f"save_outcome for session {sid!r}")
+        valid = checked(EditOutcome, outcome, f"save_outcome for session {shorten(sid)}")
         edit = checked_edit(pillar, op, target, risk_tier, rationale)
         self._apply_single(OutcomeWrite(sid, valid, edit, request_id))
 
@@ -335,11 +336,11 @@ def _listing_query(status: object, limit: object) -> tuple[str, str, list[object
         try:
             params.append(SessionStatus(status).value)
         except ValueError:
-            raise InvalidRecord(f"status: {status!r} is not a SessionStatus value") from None
+            raise InvalidRecord(f"status: {shorten(status)} is not a SessionStatus value") from None
     order = " ORDER BY started_at DESC"
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**63:
-            raise InvalidRecord(f"limit: expected a non-negative integer, got {limit!r}")
+            raise InvalidRecord(f"limit: expected a non-negative integer, got {shorten(limit)}")
         order += " LIMIT ?"
         params.append(limit)
     return where, order, params

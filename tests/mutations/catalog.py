@@ -550,12 +550,6 @@ GUARANTEES: tuple[Guarantee, ...] = (
                 "systemd/sessionstore-user.service",
                 (("\nSystemCallFilter=sched_setscheduler\n", "\n"),),
             ),
-            Mutation(
-                "user_unit_keeps_the_default_file_limit",
-                "the user unit leaves the open-files limit at systemd's default",
-                "systemd/sessionstore-user.service",
-                (("\nLimitNOFILE=65536\n", "\n"),),
-            ),
         ),
     ),
     Guarantee(

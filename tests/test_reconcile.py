@@ -27,6 +27,7 @@ from sessionfiles import (
 )
 
 from sessionstore.errors import IntegrityViolation, InvalidRecord, ReadOnlyStore
+from sessionstore.inputs import MAX_NESTING
 from sessionstore.models import EditOutcome, LearningSession
 from sessionstore.rebuild import rebuild
 from sessionstore.reconcile import (
@@ -35,7 +36,6 @@ from sessionstore.reconcile import (
     reconcile,
     reconcile_steps,
 )
-from sessionstore.records import MAX_NESTING
 from sessionstore.store import SessionStore, WriteResult
 
 

@@ -26,8 +26,8 @@ from sessionstore.errors import (
     SessionStoreError,
     error_for_code,
 )
+from sessionstore.inputs import checked, checked_edit, checked_id, valid_outcome, valid_session
 from sessionstore.models import EditOutcome, LearningSession, SessionStatus
-from sessionstore.records import checked, checked_edit, checked_id
 from sessionstore.store import OutcomeWrite, SessionWrite, Write
 
 VERSION = 1
@@ -105,10 +105,15 @@ def _envelope(request_id: str, op: str) -> str:
 
 
 def encode_save_session(request_id: str, session: LearningSession) -> bytes:
-    """Encode without re-parsing: the model's own JSON is spliced into the frame."""
-    if not isinstance(session, LearningSession):
-        raise InvalidRecord(f"save_session: expected LearningSession, got {type(session).__name__}")
-    return f'{_envelope(request_id, "save_session")},"session":{_model_json(session, "save_session")}}}'.encode()
+    """Check and convert as ``SessionStore.save_session`` does, then encode without
+    re-parsing: the model's own JSON is spliced into the frame.
+
+    The checks run here, not only in the daemon, because JSON would change some
+    values silently on the way (inf and NaN become null); and any LearningSession
+    with our fields (OpenJarvis's) is converted to ours by its fields.
+    """
+    valid = valid_session(session)
+    return f'{_envelope(request_id, "save_session")},"session":{_model_json(valid, "save_session")}}}'.encode()
 
 
 def encode_save_outcome(
@@ -122,15 +127,15 @@ def encode_save_outcome(
     risk_tier: str,
     rationale: str,
 ) -> bytes:
-    session_id = checked_id(session_id, "session_id")
-    if not isinstance(outcome, EditOutcome):
-        raise InvalidRecord(f"save_outcome: expected EditOutcome, got {type(outcome).__name__}")
-    edit = checked_edit(pillar, op, target, risk_tier, rationale)
+    """Check and convert as ``SessionStore.save_outcome`` does (see :func:`encode_save_session`)."""
+    session_id, valid, edit = valid_outcome(
+        session_id, outcome, pillar, op, target, risk_tier, rationale
+    )
     # Enum values need no escaping; the free strings go through the (Rust) JSON encoder.
     return (
         f"{_envelope(request_id, 'save_outcome')},"
         f'"session_id":{_json_str(session_id)},'
-        f'"outcome":{_model_json(outcome, "save_outcome")},'
+        f'"outcome":{_model_json(valid, "save_outcome")},'
         f'"edit":{{"pillar":"{edit.pillar}","op":"{edit.op}","target":{_json_str(edit.target)},'
         f'"risk_tier":"{edit.risk_tier}","rationale":{_json_str(edit.rationale)}}}}}'
     ).encode()

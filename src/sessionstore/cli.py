@@ -120,7 +120,9 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     from sessionstore.rebuild_cli import run_rebuild
 
     return run_rebuild(
-        _settings(args, learning_root=args.learning_root, db_path=args.db), args.json
+        _settings(args, learning_root=args.learning_root, db_path=args.db),
+        args.json,
+        files_only=args.files_only,
     )
 
 
@@ -203,9 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="parse every session.json, also those unchanged since the last pass",
     )
     add("integrity", cmd_integrity, "run PRAGMA quick_check in the daemon now")
-    p = add("rebuild", cmd_rebuild, "recreate the index from session.json files (daemon stopped)")
+    p = add(
+        "rebuild",
+        cmd_rebuild,
+        "recreate the index from session.json files, keeping sessions only the index has "
+        "(daemon stopped)",
+    )
     p.add_argument("--learning-root", help="learning root (default $OPENJARVIS_HOME/learning)")
     p.add_argument("--db", help="index database path (default <learning root>/distillation.db)")
+    p.add_argument(
+        "--files-only",
+        action="store_true",
+        help="build from the session.json files alone: sessions only the old index holds "
+        "(no session.json) are dropped, also when the old index cannot be read",
+    )
     p = add("bench", cmd_bench, "measure the daemon against direct SQLite writers")
     from sessionstore.benchmarks.options import add_bench_arguments
 

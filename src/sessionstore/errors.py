@@ -92,6 +92,12 @@ class PipelineError(SessionStoreError):
         super().__init__(f"{len(failures)} pipelined save(s) failed: {listed}{more}")
 
 
+class RebuildRefused(SessionStoreError):
+    """A rebuild would lose sessions only the old index holds; nothing was swapped in."""
+
+    code = "rebuild_refused"
+
+
 class ConfigError(SessionStoreError):
     """A setting is missing or has an invalid value."""
 

@@ -1,4 +1,8 @@
-"""``sessionstore rebuild``: refuse while a daemon owns the index, then rebuild with progress."""
+"""``sessionstore rebuild``: refuse while a daemon owns the index, then rebuild with progress.
+
+A rebuild that would lose sessions only the old index holds raises RebuildRefused,
+which the CLI prints as one line with a non-zero exit (``--files-only`` allows it).
+"""
 
 from __future__ import annotations
 
@@ -35,10 +39,12 @@ def _progress(interactive: bool) -> Iterator[Callable[[int, int], None]]:
     yield report
 
 
-def run_rebuild(settings: Settings, as_json: bool) -> int:
+def run_rebuild(settings: Settings, as_json: bool, *, files_only: bool = False) -> int:
     settings.index_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with IndexLock(settings.index_path), _progress(sys.stderr.isatty() and not as_json) as progress:
-        result = rebuild(settings.index_path, settings.learning_root, progress=progress)
+        result = rebuild(
+            settings.index_path, settings.learning_root, progress=progress, files_only=files_only
+        )
     report = result.to_dict()
     print_json(report) if as_json else render_result(f"rebuilt {settings.index_path}", report)
     return 0

@@ -319,11 +319,18 @@ class SessionStore(IndexMaintenance):
 
     def _write_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
         """Run ``sql`` once per row in one write transaction; the maintenance writes use it."""
+        return self._write_statements([(sql, rows)])
+
+    def _write_statements(self, statements: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]) -> int:
+        """Run each (sql, rows) pair, each sql once per row, all in one write transaction;
+        returns the rows the last statement changed."""
         self._check_file_identity()
         conn = self._conn
+        changed = 0
         try:
             conn.execute("BEGIN IMMEDIATE")
-            changed = conn.executemany(sql, rows).rowcount
+            for sql, rows in statements:
+                changed = conn.executemany(sql, rows).rowcount
             conn.execute("COMMIT")
         except sqlite3.Error as err:
             self._rollback()

@@ -90,6 +90,10 @@ def open_old_index(db_path: Path) -> OldIndex | None:
     return old
 
 
+CARRY_CHUNK = 500
+"""Sessions copied per transaction of the new index."""
+
+
 def carry_over(
     old: SessionStore,
     new: SessionStore,
@@ -99,72 +103,126 @@ def carry_over(
     with_files: bool,
 ) -> int:
     """Copy into ``new`` each session of ``old`` that ``new`` lacks and whose parent is
-    there by now; returns how many were copied. Without ``with_files`` only sessions
-    with no session.json are copied: one with a file may still come from its file once
-    its parent is in. Call again after ``new`` gained sessions: each call carries what
-    it can, and ``done.failed`` keeps what no call could."""
+    there by now (or comes with it); returns how many were copied. Without
+    ``with_files`` only sessions with no session.json are copied: one with a file may
+    still come from its file once its parent is in. Call again after ``new`` gained
+    sessions: each call carries what it can, and ``done.failed`` keeps what no call could.
+    """
     have = new.session_ids()
-    waiting = {
+    with_file = _with_session_file(learning_root)
+    wanted = sorted(
         sid
         for sid in old.session_ids() - have
-        if sid not in done.failed and (with_files or not _has_session_file(learning_root, sid))
-    }
+        if sid not in done.failed and (with_files or sid not in with_file)
+    )
+    if not wanted:
+        return 0
+    order = _parents_first(_parents(old, wanted, done), have)
     carried = 0
-    progress = True
-    while waiting and progress:
-        progress = False
-        for sid in sorted(waiting):
-            if _carry_one(old, new, sid, have, learning_root, done):
-                have.add(sid)
-                carried += 1
-            if sid in have or sid in done.failed:
-                waiting.discard(sid)
-                progress = True
+    for start in range(0, len(order), CARRY_CHUNK):
+        chunk = order[start : start + CARRY_CHUNK]
+        carried += _carry_chunk(old, new, chunk, have, with_file, done)
     return carried
 
 
 def parentless(old: SessionStore, new: SessionStore, done: Carried) -> None:
     """Record as failed the sessions still missing once no more can be carried: their
-    parent is in neither index (an old index written without foreign keys)."""
+    parent is in neither index (an old index written without foreign keys), or could
+    not be carried itself."""
     for sid in sorted(old.session_ids() - new.session_ids()):
-        if sid not in done.failed:
+        if sid in done.failed:
+            continue
+        try:
             row, outcomes = old.session_rows(sid)
-            parent = row[1] if row is not None else None
-            done.failed[sid] = f"its parent session {parent!r} is in neither index"
-            done.failed_outcomes += len(outcomes)
+        except SessionStoreError as err:
+            done.failed[sid] = f"cannot read it from the old index: {err}"
+            continue
+        parent = row[1] if row is not None else None
+        done.failed[sid] = f"its parent session {parent!r} is not in the rebuilt index"
+        done.failed_outcomes += len(outcomes)
 
 
-def _carry_one(
+def _parents(old: SessionStore, wanted: list[str], done: Carried) -> dict[str, str | None]:
+    """Each wanted session's parent id, in one query; row by row when that query fails
+    (a damaged table), recording the sessions whose row cannot be read."""
+    try:
+        everyone = old.session_parents()
+        return {sid: everyone[sid] for sid in wanted if sid in everyone}
+    except SessionStoreError:
+        pass
+    parents: dict[str, str | None] = {}
+    for sid in wanted:
+        try:
+            row, _ = old.session_rows(sid)
+        except SessionStoreError as err:
+            done.failed[sid] = f"cannot read it from the old index: {err}"
+            continue
+        if row is not None:
+            parents[sid] = row[1]
+    return parents
+
+
+def _parents_first(parents: dict[str, str | None], have: set[str]) -> list[str]:
+    """The sessions that can be carried now, each after its parent; the others wait."""
+    children: dict[str, list[str]] = {}
+    ready = []
+    for sid, parent in parents.items():
+        if parent is None or parent == sid or parent in have:
+            ready.append(sid)
+        elif parent in parents:
+            children.setdefault(parent, []).append(sid)
+    order = []
+    while ready:
+        sid = ready.pop()
+        order.append(sid)
+        ready.extend(children.pop(sid, []))
+    return order
+
+
+def _carry_chunk(
     old: SessionStore,
     new: SessionStore,
-    sid: str,
+    chunk: list[str],
     have: set[str],
-    learning_root: Path,
+    with_file: set[str],
     done: Carried,
-) -> bool:
-    """Carry one session if its parent is present; False when it must wait or failed."""
+) -> int:
+    """Read each session's rows from ``old`` and insert them into ``new`` in one
+    transaction; a session that cannot be read fails alone, and its children wait."""
+    session_rows: list[tuple[object, ...]] = []
+    outcome_rows: list[tuple[object, ...]] = []
+    counts = Carried()
+    for sid in chunk:
+        try:
+            row, outcomes = old.session_rows(sid)
+        except SessionStoreError as err:
+            done.failed[sid] = f"cannot read it from the old index: {err}"
+            continue
+        parent = row[1] if row is not None else None
+        if row is None or (parent is not None and parent != sid and parent not in have):
+            continue  # gone meanwhile, or its parent could not be carried: it waits
+        session_rows.append(row)
+        outcome_rows += outcomes
+        have.add(sid)
+        counts.outcomes += len(outcomes)
+        if sid in with_file:
+            counts.unusable_file += 1
+        else:
+            counts.index_only += 1
+    if session_rows:
+        new.insert_rows(session_rows, outcome_rows)
+    done.index_only += counts.index_only
+    done.unusable_file += counts.unusable_file
+    done.outcomes += counts.outcomes
+    return len(session_rows)
+
+
+def _with_session_file(learning_root: Path) -> set[str]:
+    """The names under ``sessions/`` that have a ``session.json``, usable or not (an id
+    that is no plain directory name, one with a slash say, is never among them)."""
+    sessions = os.path.join(learning_root, SESSIONS_DIR)
     try:
-        row, outcomes = old.session_rows(sid)
-    except SessionStoreError as err:
-        done.failed[sid] = f"cannot read it from the old index: {err}"
-        return False
-    if row is None:
-        return False  # gone meanwhile: nothing to carry
-    parent = row[1]
-    if parent is not None and parent != sid and parent not in have:
-        return False
-    new.insert_rows(row, outcomes)
-    done.outcomes += len(outcomes)
-    if _has_session_file(learning_root, sid):
-        done.unusable_file += 1
-    else:
-        done.index_only += 1
-    return True
-
-
-def _has_session_file(learning_root: Path, sid: str) -> bool:
-    """Whether ``sessions/<sid>/session.json`` exists (an id that is no plain directory
-    name, such as one with a slash, cannot have one)."""
-    if not sid or sid in {".", ".."} or "/" in sid or "\0" in sid:
-        return False
-    return os.path.lexists(learning_root / SESSIONS_DIR / sid / SESSION_FILE)
+        names = os.listdir(sessions)
+    except OSError:
+        return set()
+    return {name for name in names if os.path.lexists(os.path.join(sessions, name, SESSION_FILE))}

@@ -156,22 +156,27 @@ class IndexMaintenance:
             ).fetchall()
         return (tuple(row) if row is not None else None), [tuple(o) for o in outcomes]
 
+    def session_parents(self) -> dict[str, str | None]:
+        """Every session's parent id (None for none), in one query."""
+        with self._lock:
+            rows = self._read("SELECT id, parent_session_id FROM learning_sessions").fetchall()
+        return {row[0]: row[1] for row in rows}
+
     def insert_rows(
-        self, session_row: tuple[Any, ...], outcome_rows: Sequence[tuple[Any, ...]]
+        self,
+        session_rows: Sequence[tuple[Any, ...]],
+        outcome_rows: Sequence[tuple[Any, ...]],
     ) -> None:
-        """Insert a session row and its outcome rows as they are, in one transaction.
+        """Insert session rows, then outcome rows, as they are, in one transaction.
 
         No validation and no conversion: a rebuild carries what the old index held,
-        byte for byte, even a row our models would refuse. The parent must be in the
-        index already (the foreign key is enforced).
+        byte for byte, even a row our models would refuse. Each parent must be in the
+        index already or come earlier in ``session_rows`` (the foreign key is enforced).
         """
         self._require_writable("insert_rows")
         with self._lock:
             self._write_statements(
-                [
-                    (INSERT_SESSION_ROW, [session_row]),
-                    (INSERT_OUTCOME_ROW, list(outcome_rows)),
-                ]
+                [(INSERT_SESSION_ROW, session_rows), (INSERT_OUTCOME_ROW, outcome_rows)]
             )
 
     def file_states(self) -> dict[str, tuple[int, int]]:

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
 from pydantic_core import to_json
 
 from sessionstore.errors import (
@@ -26,7 +25,7 @@ from sessionstore.errors import (
     SessionStoreError,
     error_for_code,
 )
-from sessionstore.inputs import checked, checked_edit, checked_id, valid_outcome, valid_session
+from sessionstore.inputs import checked, checked_edit, checked_id, wire_outcome, wire_session
 from sessionstore.models import EditOutcome, LearningSession, SessionStatus
 from sessionstore.store import OutcomeWrite, SessionWrite, Write
 
@@ -112,8 +111,8 @@ def encode_save_session(request_id: str, session: LearningSession) -> bytes:
     values silently on the way (inf and NaN become null); and any LearningSession
     with our fields (OpenJarvis's) is converted to ours by its fields.
     """
-    valid = valid_session(session)
-    return f'{_envelope(request_id, "save_session")},"session":{_model_json(valid, "save_session")}}}'.encode()
+    _, body = wire_session(session)
+    return f'{_envelope(request_id, "save_session")},"session":{body}}}'.encode()
 
 
 def encode_save_outcome(
@@ -128,14 +127,14 @@ def encode_save_outcome(
     rationale: str,
 ) -> bytes:
     """Check and convert as ``SessionStore.save_outcome`` does (see :func:`encode_save_session`)."""
-    session_id, valid, edit = valid_outcome(
+    session_id, body, edit = wire_outcome(
         session_id, outcome, pillar, op, target, risk_tier, rationale
     )
     # Enum values need no escaping; the free strings go through the (Rust) JSON encoder.
     return (
         f"{_envelope(request_id, 'save_outcome')},"
         f'"session_id":{_json_str(session_id)},'
-        f'"outcome":{_model_json(valid, "save_outcome")},'
+        f'"outcome":{body},'
         f'"edit":{{"pillar":"{edit.pillar}","op":"{edit.op}","target":{_json_str(edit.target)},'
         f'"risk_tier":"{edit.risk_tier}","rationale":{_json_str(edit.rationale)}}}}}'
     ).encode()
@@ -146,13 +145,6 @@ def _json_str(text: str) -> str:
         return to_json(text).decode()
     except ValueError as err:  # a lone surrogate: not text JSON can carry
         raise InvalidRecord(f"{text!r:.60}: not valid Unicode text") from err
-
-
-def _model_json(model: BaseModel, what: str) -> str:
-    try:
-        return model.model_dump_json()
-    except ValueError as err:
-        raise InvalidRecord(f"{what}: cannot be encoded as JSON: {err}") from err
 
 
 def encode_save_batch(request_id: str, saves: list[bytes]) -> bytes:

@@ -190,3 +190,13 @@ def test_a_session_whose_parent_is_in_neither_index_is_not_silently_dropped(root
     with pytest.raises(RebuildRefused, match=r"1 session\(s\) .* with 1 outcome row\(s\).*'gone'"):
         rebuild(db, root)
     assert ids_in(db) == {"orphan"}
+
+
+def test_an_empty_index_file_is_no_old_index(root: Path) -> None:
+    """The index lock creates the index file empty (to lock it) before a rebuild opens it."""
+    db = root / "distillation.db"
+    db.touch(mode=0o600)
+    write_session(root, "on-disk")
+    result = rebuild(db, root)
+    assert ids_in(db) == {"on-disk"}
+    assert (result.inserted, result.index_only_kept, result.dropped) == (1, 0, 0)

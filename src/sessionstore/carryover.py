@@ -64,6 +64,14 @@ class OldIndex(SessionStore):
         _remove_created(self.db_path, self._created)
 
 
+def _empty(path: Path) -> bool:
+    """Missing or of size 0: an SQLite file holding nothing."""
+    try:
+        return path.stat().st_size == 0
+    except FileNotFoundError:
+        return True
+
+
 def _remove_created(db_path: Path, created: list[str]) -> None:
     for suffix in created:
         side = Path(f"{db_path}{suffix}")
@@ -73,14 +81,15 @@ def _remove_created(db_path: Path, created: list[str]) -> None:
 
 
 def open_old_index(db_path: Path) -> OldIndex | None:
-    """The old index, read-only, or None when there is none; raises when it cannot be read.
+    """The old index, read-only, or None when there is none (no file, or an empty one and
+    no WAL); raises when it cannot be read.
 
     ``session_ids()`` is read here already, so an index whose table cannot be read at
     all fails now, before any work, rather than after the files were parsed. The
     caller makes sure no other process has it open (the rebuild holds the index lock).
     """
-    if not db_path.exists():
-        return None
+    if _empty(db_path) and _empty(Path(f"{db_path}-wal")):
+        return None  # none yet, or the empty file the index lock creates to lock it
     old = OldIndex(db_path)
     try:
         old.session_ids()

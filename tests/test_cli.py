@@ -281,6 +281,31 @@ def test_rebuild_refuses_while_the_daemon_runs_then_rebuilds_from_the_files(
         store.close()
 
 
+def test_rebuild_keeps_sessions_only_the_index_has_and_refuses_an_unreadable_index(
+    run: Run, daemon: Daemon
+) -> None:
+    seed(daemon)  # three sessions and two outcomes in the index only
+    write_session_files(daemon.learning_root, ["f1"])
+    assert daemon.stop() == 0
+
+    result = as_json(run("rebuild", "--json"))
+    assert isinstance(result, dict)
+    assert (result["inserted"], result["index_only_kept"], result["outcomes_kept"]) == (1, 3, 2)
+    assert (result["index_only"], result["dropped"]) == (3, 0)
+    assert "index_only_kept" in ok(run("rebuild"))  # the table names it too
+
+    daemon.db_path.write_bytes(b"\0" * 4096)  # an index that lost its header
+    refused = run("rebuild")
+    assert refused.returncode == 1
+    line = one_line_error(refused, "rebuild")
+    assert "cannot read the old index" in line and "--files-only" in line
+    assert daemon.db_path.read_bytes() == b"\0" * 4096
+
+    result = as_json(run("rebuild", "--files-only", "--json"))
+    assert isinstance(result, dict)
+    assert (result["inserted"], result["index_only_kept"], result["dropped"]) == (1, 0, None)
+
+
 def test_rebuild_without_a_previous_index_writes_it_owner_only_under_umask_022(
     run: Run, tmp_path: Path
 ) -> None:

@@ -1217,7 +1217,7 @@ BAD_WRITES: list[tuple[str, BadWrite, type[SessionStoreError], str]] = [
         InvalidRecord,
         "status",
     ),
-    ("negative limit", lambda s, sess, o: s.list_sessions(limit=-1), InvalidRecord, "limit"),
+    ("limit as bool", lambda s, sess, o: s.list_sessions(limit=True), InvalidRecord, "limit"),
     ("limit as string", lambda s, sess, o: s.list_sessions(limit="10"), InvalidRecord, "limit"),
 ]
 

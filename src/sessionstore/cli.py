@@ -245,7 +245,12 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     settings.index_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     interactive = sys.stderr.isatty() and not args.json
     with IndexLock(settings.index_path), rebuild_progress(interactive) as progress:
-        result = rebuild(settings.index_path, settings.learning_root, progress=progress)
+        result = rebuild(
+            settings.index_path,
+            settings.learning_root,
+            progress=progress,
+            files_only=args.files_only,
+        )
     report = {k: v for k, v in result.to_dict().items() if k not in NOT_REBUILD}
     return _report_files_result("rebuild", f"rebuilt {settings.index_path}", report, args.json)
 
@@ -362,9 +367,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="parse every session.json, also those unchanged since the last pass",
     )
     add("integrity", cmd_integrity, "run PRAGMA quick_check in the daemon now")
-    p = add("rebuild", cmd_rebuild, "recreate the index from session.json files (daemon stopped)")
+    p = add(
+        "rebuild",
+        cmd_rebuild,
+        "recreate the index from session.json files, keeping sessions only the index has "
+        "(daemon stopped)",
+    )
     p.add_argument("--learning-root", metavar="DIR", help=root_help)
     p.add_argument("--db", metavar="FILE", help=db_help)
+    p.add_argument(
+        "--files-only",
+        action="store_true",
+        help="build from the session.json files alone: sessions only the old index holds "
+        "(no session.json) are dropped, also when the old index cannot be read",
+    )
     p = add("bench", cmd_bench, "measure the daemon against direct SQLite writers")
     from sessionstore.benchmarks.options import add_bench_arguments
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import zmq
@@ -39,9 +40,10 @@ from sessionstore.errors import (
     RequestTooLarge,
     ShuttingDown,
 )
+from sessionstore.inputs import describe_validation_error, listing_args, query_id
 from sessionstore.models import EditOutcome, LearningSession, SessionStatus
 from sessionstore.pipeline import Pipeline
-from sessionstore.records import M, checked_id, describe_validation_error, gc_paused
+from sessionstore.records import gc_paused, read_models
 
 # Resend an unanswered request after this long, doubling up to the cap: long enough
 # that a busy daemon is not flooded with copies, short enough to ride out a restart.
@@ -51,11 +53,7 @@ _RETRYABLE = (ShuttingDown, DaemonUnavailable)
 """Refusals that mean "not now": retried with back-off until the call's deadline."""
 
 
-_SESSIONS: TypeAdapter[list[LearningSession]] = TypeAdapter(list[LearningSession])
-_OUTCOMES: TypeAdapter[list[EditOutcome]] = TypeAdapter(list[EditOutcome])
-
-
-def _records(adapter: TypeAdapter[list[M]], result: Any, op: str) -> list[M]:
+def _records(adapter: TypeAdapter[list[Any]], result: Any, op: str) -> list[Any]:
     """A read's records as models, validated in one call (as the store does); a reply
     that does not validate is the daemon's fault, reported as one of ours."""
     try:
@@ -74,7 +72,12 @@ class _Thread:
 
 
 class SessionStoreClient:
-    """A drop-in for :class:`sessionstore.SessionStore` that talks to the daemon."""
+    """A drop-in for :class:`sessionstore.SessionStore` that talks to the daemon.
+
+    Like the store, it saves any ``LearningSession`` / ``EditOutcome`` with our fields
+    (checked and converted before encoding, with the store's messages), and reads
+    return ``sessionstore.models`` objects or, with ``models=``, the caller's classes.
+    """
 
     def __init__(
         self,
@@ -83,7 +86,9 @@ class SessionStoreClient:
         timeout: float | None = None,
         max_in_flight: int | None = None,
         max_message_bytes: int | None = None,
+        models: ModuleType | str | None = None,
     ) -> None:
+        self._models = read_models(models)
         settings = load_settings(address=address)
         self.address = settings.endpoint
         self.timeout = float(timeout if timeout is not None else settings.client_timeout)
@@ -148,19 +153,25 @@ class SessionStoreClient:
         self._save(rid, frame)
 
     def get_session(self, session_id: str) -> LearningSession | None:
-        result = self._query("get_session", session_id=checked_id(session_id, "session_id"))
-        return None if result is None else _records(_SESSIONS, [result], "get_session")[0]
+        sid = query_id(session_id)  # "" and None: no such session, as in the store
+        result = None if sid is None else self._query("get_session", session_id=sid)
+        if result is None:
+            return None
+        return _records(self._models.sessions, [result], "get_session")[0]  # type: ignore[no-any-return]
 
     def list_sessions(
         self, status: SessionStatus | None = None, limit: int | None = None
     ) -> list[LearningSession]:
-        wire_status = None if status is None else getattr(status, "value", status)
-        result = self._query("list_sessions", status=wire_status, limit=limit)
-        return _records(_SESSIONS, result, "list_sessions")
+        wire_status, wire_limit = listing_args(status, limit)  # the store's rules, checked here
+        result = self._query("list_sessions", status=wire_status, limit=wire_limit)
+        return _records(self._models.sessions, result, "list_sessions")
 
     def list_outcomes(self, session_id: str) -> list[EditOutcome]:
-        result = self._query("list_outcomes", session_id=checked_id(session_id, "session_id"))
-        return _records(_OUTCOMES, result, "list_outcomes")
+        sid = query_id(session_id)
+        if sid is None:
+            return []
+        result = self._query("list_outcomes", session_id=sid)
+        return _records(self._models.outcomes, result, "list_outcomes")
 
     # -- operations ------------------------------------------------------------------
 

@@ -169,6 +169,12 @@ def unknown_request_ids(failures: list[tuple[str, SessionStoreError]]) -> tuple[
     )
 
 
+class RebuildRefused(SessionStoreError):
+    """A rebuild would lose sessions only the old index holds; nothing was swapped in."""
+
+    code = "rebuild_refused"
+
+
 class ConfigError(SessionStoreError):
     """A setting is missing or has an invalid value."""
 

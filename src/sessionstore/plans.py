@@ -32,8 +32,9 @@ from sessionstore.filereading import (
     read_bytes,
     settled,
 )
+from sessionstore.inputs import describe_validation_error
 from sessionstore.models import LearningPlan
-from sessionstore.records import OutcomeEdit, describe_validation_error
+from sessionstore.records import OutcomeEdit
 
 PLAN_FILE = "plan.json"
 PLACEHOLDER_TARGET = "sessionstore:unknown-edit"

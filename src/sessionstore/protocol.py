@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
 from pydantic_core import to_json
 
 from sessionstore.errors import (
@@ -27,8 +26,8 @@ from sessionstore.errors import (
     error_for_code,
     shorten,
 )
+from sessionstore.inputs import checked, checked_edit, checked_id, wire_outcome, wire_session
 from sessionstore.models import EditOutcome, LearningSession, SessionStatus
-from sessionstore.records import checked, checked_edit, checked_id
 from sessionstore.store import OutcomeWrite, SessionWrite, Write
 
 VERSION = 1
@@ -108,10 +107,15 @@ def _envelope(request_id: str, op: str) -> str:
 
 
 def encode_save_session(request_id: str, session: LearningSession) -> bytes:
-    """Encode without re-parsing: the model's own JSON is spliced into the frame."""
-    if not isinstance(session, LearningSession):
-        raise InvalidRecord(f"save_session: expected LearningSession, got {type(session).__name__}")
-    return f'{_envelope(request_id, "save_session")},"session":{_model_json(session, "save_session")}}}'.encode()
+    """Check and convert as ``SessionStore.save_session`` does, then encode without
+    re-parsing: the model's own JSON is spliced into the frame.
+
+    The checks run here, not only in the daemon, because JSON would change some
+    values silently on the way (inf and NaN become null); and any LearningSession
+    with our fields (OpenJarvis's) is converted to ours by its fields.
+    """
+    _, body = wire_session(session)
+    return f'{_envelope(request_id, "save_session")},"session":{body}}}'.encode()
 
 
 def encode_save_outcome(
@@ -125,15 +129,15 @@ def encode_save_outcome(
     risk_tier: str,
     rationale: str,
 ) -> bytes:
-    session_id = checked_id(session_id, "session_id")
-    if not isinstance(outcome, EditOutcome):
-        raise InvalidRecord(f"save_outcome: expected EditOutcome, got {type(outcome).__name__}")
-    edit = checked_edit(pillar, op, target, risk_tier, rationale)
+    """Check and convert as ``SessionStore.save_outcome`` does (see :func:`encode_save_session`)."""
+    session_id, body, edit = wire_outcome(
+        session_id, outcome, pillar, op, target, risk_tier, rationale
+    )
     # Enum values need no escaping; the free strings go through the (Rust) JSON encoder.
     return (
         f"{_envelope(request_id, 'save_outcome')},"
         f'"session_id":{_json_str(session_id)},'
-        f'"outcome":{_model_json(outcome, "save_outcome")},'
+        f'"outcome":{body},'
         f'"edit":{{"pillar":"{edit.pillar}","op":"{edit.op}","target":{_json_str(edit.target)},'
         f'"risk_tier":"{edit.risk_tier}","rationale":{_json_str(edit.rationale)}}}}}'
     ).encode()
@@ -144,13 +148,6 @@ def _json_str(text: str) -> str:
         return to_json(text).decode()
     except ValueError as err:  # a lone surrogate: not text JSON can carry
         raise InvalidRecord(f"{shorten(text)}: not valid Unicode text") from err
-
-
-def _model_json(model: BaseModel, what: str) -> str:
-    try:
-        return model.model_dump_json()
-    except ValueError as err:
-        raise InvalidRecord(f"{what}: cannot be encoded as JSON: {err}") from err
 
 
 def encode_save_batch(request_id: str, saves: list[bytes]) -> bytes:

@@ -108,3 +108,13 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:  # type: 
 def daemon(daemon_factory: Callable[..., Daemon]) -> Daemon:
     """A running daemon on a fresh learning root."""
     return daemon_factory().start()
+
+
+@pytest.fixture
+def manual_daemon(daemon_factory: Callable[..., Daemon]) -> Daemon:
+    """A running daemon that reconciles only when asked: no pass 5 s after start.
+
+    For tests that count what one reconcile did: on a loaded machine the start-up
+    pass can run first and take the work.
+    """
+    return daemon_factory(extra_env={"SESSIONSTORE_RECONCILE_ON_START": "false"}).start()

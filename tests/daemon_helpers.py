@@ -36,8 +36,15 @@ STOP_TIMEOUT = 60.0
 class Daemon:
     """One daemon process on a learning root, with its own notify socket."""
 
-    def __init__(self, learning_root: Path, *, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        learning_root: Path,
+        *,
+        extra_env: dict[str, str] | None = None,
+        nofile: tuple[int, int] | None = None,
+    ) -> None:
         self.learning_root = learning_root
+        self.nofile = nofile  # (soft, hard) RLIMIT_NOFILE to start the daemon with
         # ipc paths are limited to ~107 bytes: keep the socket in a short private dir.
         self._sockdir = Path(tempfile.mkdtemp(prefix="ss-"))
         self.address = f"ipc://{self._sockdir}/d.sock"
@@ -66,6 +73,8 @@ class Daemon:
             "--address", self.address,
             *args,
         ]  # fmt: skip
+        if self.nofile is not None:
+            command = [*_with_nofile(*self.nofile), *command]
         with open(self.stderr_path, "ab") as stderr:
             self.proc = subprocess.Popen(command, env=env, stderr=stderr, stdout=subprocess.DEVNULL)
         self.wait_for("READY=1", timeout)
@@ -143,6 +152,18 @@ class Daemon:
 
 def _now() -> float:
     return time.monotonic()
+
+
+_SET_NOFILE = (
+    "import os, resource, sys; "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]))); "
+    "os.execv(sys.argv[3], sys.argv[3:])"
+)
+
+
+def _with_nofile(soft: int, hard: int) -> list[str]:
+    """A command prefix that sets RLIMIT_NOFILE and then execs the rest (same pid)."""
+    return [sys.executable, "-c", _SET_NOFILE, str(soft), str(hard)]
 
 
 BASE_TIME = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

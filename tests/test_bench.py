@@ -176,7 +176,6 @@ def test_rss_scenario_reports_memory_after_both_phases(tmp_path: Path) -> None:
         (["--reconcile-files", "0"], "invalid --reconcile-files 0"),
         (["--listing-sessions", "0"], "invalid --listing-sessions 0: must be at least 1"),
         (["--scenarios", "direct,warp"], "invalid --scenarios 'direct,warp': choose from"),
-        (["--address", "ipc:///tmp/x.sock"], "drop --address"),
     ],
 )
 def test_invalid_options_give_a_one_line_error(
@@ -193,6 +192,28 @@ def test_invalid_options_give_a_one_line_error(
     assert err.count("\n") == 1 and err.startswith("sessionstore bench: error: ")
     assert message in err
     assert list(tmp_path.iterdir()) == []  # refused before anything was created
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "--address", "ipc:///tmp/x.sock"], "--address does not apply to this command"),
+        (["--address", "ipc:///tmp/x.sock", "bench"], "--address does not apply to this command"),
+    ],
+)
+def test_bench_takes_no_address_it_starts_its_own_daemons(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"sessionstore bench: error: {message}"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_invalid_option_through_the_command_exits_non_zero(tmp_path: Path) -> None:

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from daemon_helpers import Daemon
 
-from sessionstore.config import Settings, is_loopback, load_settings
+from sessionstore import SessionStoreClient
+from sessionstore import config as config_module
+from sessionstore.config import IPC_PATH_MAX, Settings, is_loopback, load_settings
 from sessionstore.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "service" / "sessiond.example.toml"
@@ -325,3 +331,140 @@ def test_config_command_prints_the_effective_settings(home: Path, tmp_path: Path
     assert set(values) == set(Settings.model_fields)
     assert (values["batch_max"], values["reconcile_slice"]) == (5, 9)
     assert values["db_path"] == str(home / "learning" / "distillation.db")
+
+
+# -- ~, letter case, stray variables, socket path length ------------------------------------
+
+
+def test_tilde_is_the_home_in_every_path_setting_and_in_an_ipc_address(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "me"))
+    config = write_toml(
+        tmp_path / "s.toml",
+        'curve_secret_key = "~/keys/server.key_secret"\ncurve_allowed_dir = "~/keys/clients"\n'
+        'curve_server_key = "~/keys/server.key"\ncurve_client_secret_key = "~/keys/c.key_secret"\n',
+    )
+    s = load_settings(config, learning_root="~/lr", db_path="~/db/i.db", address="ipc://~/s.sock")
+    me = tmp_path / "me"
+    assert (s.learning_root, s.db_path, s.address) == (
+        me / "lr",
+        me / "db/i.db",
+        f"ipc://{me}/s.sock",
+    )
+    assert s.curve_secret_key == me / "keys/server.key_secret"
+    assert s.curve_allowed_dir == me / "keys/clients"
+    assert s.curve_server_key == me / "keys/server.key"
+    assert s.curve_client_secret_key == me / "keys/c.key_secret"
+
+
+def test_session_store_opens_a_path_starting_with_tilde_in_the_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sessionstore import SessionStore
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".openjarvis" / "learning").mkdir(parents=True)
+    store = SessionStore("~/.openjarvis/learning/distillation.db")  # the README's first line
+    store.close()
+    assert (tmp_path / ".openjarvis" / "learning" / "distillation.db").is_file()
+
+
+def test_log_level_is_accepted_in_any_case(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SESSIONSTORE_LOG_LEVEL", "debug")
+    assert load_settings().log_level == "DEBUG"
+    monkeypatch.delenv("SESSIONSTORE_LOG_LEVEL")
+    assert load_settings(write_toml(tmp_path / "s.toml", 'log_level = "Warning"\n')).log_level == (
+        "WARNING"
+    )
+    assert load_settings(log_level="error").log_level == "ERROR"
+    with pytest.raises(ConfigError, match="log_level"):
+        load_settings(log_level="chatty")
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget which variables this process already warned about."""
+    monkeypatch.setattr(config_module, "_warned_env", set())
+
+
+def test_an_unknown_sessionstore_variable_is_warned_about_once_naming_the_close_match(
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fresh_warnings: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("SESSIONSTORE_BATCH_MAXX", "5")
+    monkeypatch.setenv("sessionstore_reconcile_intervall", "5")  # the prefix in any case, too
+    monkeypatch.setenv("SESSIONSTORE_FROBNICATE", "1")
+    with caplog.at_level("WARNING", logger="sessionstore.config"):
+        assert load_settings().batch_max == 512  # ignored, as before, but not silently
+        load_settings()  # a second load in the same process says nothing new
+    messages = sorted(r.getMessage() for r in caplog.records)
+    assert messages == [
+        "unknown environment variable SESSIONSTORE_BATCH_MAXX ignored "
+        "(did you mean SESSIONSTORE_BATCH_MAX?)",
+        "unknown environment variable SESSIONSTORE_FROBNICATE ignored",
+        "unknown environment variable sessionstore_reconcile_intervall ignored "
+        "(did you mean SESSIONSTORE_RECONCILE_INTERVAL?)",
+    ]
+
+
+def test_settings_and_the_known_other_variables_are_not_warned_about(fresh_warnings: None) -> None:
+    environ = {f"SESSIONSTORE_{name.upper()}": "x" for name in Settings.model_fields}
+    environ |= {name: "1" for name in config_module.OTHER_ENV} | {"PATH": "/bin"}
+    environ["sessionstore_batch_max"] = "4"  # pydantic-settings reads names in any case
+    assert config_module.warn_unknown_environment(environ) == []
+
+
+def test_the_command_warns_about_a_mistyped_variable_on_stderr(home: Path) -> None:
+    done = run_cli("config", "--json", env=cli_env(home, SESSIONSTORE_BATCH_MAXX="5"))
+    assert done.returncode == 0
+    assert done.stderr.splitlines() == [
+        "sessionstore config: warning: unknown environment variable SESSIONSTORE_BATCH_MAXX "
+        "ignored (did you mean SESSIONSTORE_BATCH_MAX?)"
+    ]
+
+
+def long_ipc_address(directory: Path, size: int) -> str:
+    """An ipc:// address whose socket path is exactly ``size`` bytes."""
+    prefix = f"{directory}/"
+    return f"ipc://{prefix}{'s' * (size - len(prefix))}"
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="ss-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_socket_path_of_107_bytes_serves_and_108_is_refused_naming_the_limit(
+    home: Path, sockdir: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    longest = daemon_factory()
+    longest.address = long_ipc_address(sockdir, IPC_PATH_MAX)
+    longest.start()
+    assert SessionStoreClient(longest.address, timeout=10).status()["sessions"] == 0
+
+    too_long = long_ipc_address(sockdir, IPC_PATH_MAX + 1)
+    for argv in (["serve", "--learning-root", str(home / "learning")], ["status"]):
+        done = run_cli(*argv, "--address", too_long, env=cli_env(home))
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith(f"sessionstore {argv[0]}: error: socket path ")
+        assert "108 bytes, over the 107-byte limit" in line and "SESSIONSTORE_ADDRESS" in line
+    assert not (home / "learning").exists()  # serve refused before creating anything
+
+
+def test_a_learning_root_too_deep_for_the_default_socket_still_rebuilds(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    env = cli_env(deep)
+    done = run_cli("status", env=env)
+    assert done.returncode == 2 and "SESSIONSTORE_ADDRESS" in done.stderr
+    assert run_cli("config", env=env).returncode == 0
+    rebuilt = run_cli("rebuild", "--json", env=env)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (deep / "learning" / "distillation.db").is_file()

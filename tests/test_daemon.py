@@ -168,11 +168,17 @@ def test_save_for_unknown_session_is_refused_not_acked(daemon: Daemon) -> None:
 def test_invalid_record_is_refused_with_the_field_named(daemon: Daemon) -> None:
     client = SessionStoreClient(daemon.address, timeout=10)
     bad = session("s1")
-    bad.teacher_cost_usd = -1.0  # pydantic does not validate assignment; the daemon does
+    bad.teacher_cost_usd = -1.0  # pydantic does not validate assignment; save checks again
     with pytest.raises(InvalidRecord, match="teacher_cost_usd"):
-        client.save_session(bad)
+        client.save_session(bad)  # refused by the client, as the store refuses it
     with pytest.raises(InvalidRecord, match="pillar"):
         client.save_outcome("s1", outcome("e"), **{**EDIT, "pillar": "vibes"})
+    # the daemon checks a frame again on its own: a client that skipped the check
+    frame = json.loads(protocol.encode_save_session("raw-1", session("s1")))
+    frame["session"]["teacher_cost_usd"] = -1.0
+    reply = ask(raw_socket(daemon.address), json.dumps(frame).encode())
+    assert reply["error"]["code"] == "invalid"
+    assert "teacher_cost_usd" in reply["error"]["message"]
     assert client.get_session("s1") is None
 
 

@@ -25,7 +25,8 @@ def test_each_mutation_applies_to_the_code_as_it_is(
         assert text.count(old) == 1, f"{mutation.path} no longer holds exactly one {old!r}"
         assert old != new
         text = text.replace(old, new)
-    compile(text, mutation.path, "exec")  # a mutation must break behaviour, not syntax
+    if mutation.path.endswith(".py"):
+        compile(text, mutation.path, "exec")  # a mutation must break behaviour, not syntax
 
 
 def test_mutation_names_are_unique_and_every_row_has_tests_and_mutations() -> None:

@@ -128,3 +128,32 @@ def test_a_scheduled_full_pass_restores_a_row_a_later_save_made_differ(daemon_fa
     while (got := client.get_session("f1")) is None or got.status.value != "completed":
         assert time.monotonic() < deadline, "no full pass restored the file's status"
         time.sleep(0.05)
+
+
+def test_an_unusable_file_is_logged_once_not_at_every_scheduled_pass(daemon_factory) -> None:
+    d: Daemon = daemon_factory(extra_env={"SESSIONSTORE_RECONCILE_INTERVAL": "0.2"})
+    bad = d.learning_root / "sessions" / "bad" / "session.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{not json", encoding="utf-8")
+    d.start()
+    client = SessionStoreClient(d.address, timeout=30)
+
+    def passes_with(n_invalid: int, at_least: int) -> int:
+        def done() -> int:
+            job = client.status()["jobs"]["reconcile"]
+            found = len((job["last_result"] or {}).get("invalid", []))
+            return job["runs"] if job["runs"] >= at_least and found == n_invalid else 0
+
+        return int(wait_until(done))
+
+    runs = passes_with(1, at_least=4)  # four passes, each finding the file unusable
+    worse = d.learning_root / "sessions" / "worse" / "session.json"
+    worse.parent.mkdir(parents=True)
+    worse.write_text("[]", encoding="utf-8")
+    passes_with(2, at_least=runs + 4)
+    log = d.stderr()
+    assert log.count("reconcile: cannot use sessions/bad/session.json:") == 1, log
+    assert log.count("reconcile: cannot use sessions/worse/session.json:") == 1, log
+    done_lines = [line for line in log.splitlines() if "reconcile done in" in line]
+    assert done_lines and all("invalid=" in line for line in done_lines)
+    assert not [line for line in done_lines if "duration_seconds" in line]  # said once, rounded

@@ -184,7 +184,9 @@ def test_stalled_daemon_gives_clients_timeouts_never_silent_loss(
 
     errors = check_accounting(d, reports)
     assert errors["DaemonUnavailable"] > 0  # the stall was seen, as timeouts
-    assert set(errors) <= {"DaemonUnavailable"}, errors
+    # DeadlineExpired is the DaemonUnavailable of a save the daemon reached, continued,
+    # after its deadline but before its caller's timeout: refused, not applied
+    assert set(errors) <= {"DaemonUnavailable", "DeadlineExpired"}, errors
     assert sum(r["acked"] for r in reports) > 0
     print(
         f"stall: {errors['DaemonUnavailable']} timeouts, "

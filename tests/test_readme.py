@@ -168,9 +168,9 @@ def test_install_quick_start_and_python_blocks_run_as_pasted(
 
 
 def test_configuration_reference_in_the_docs_is_the_generated_one() -> None:
-    from sessionstore.cli_render import config_reference
+    from sessionstore.cli_render import config_reference_markdown
 
-    assert config_reference() in (ROOT / "docs" / "configuration.md").read_text()
+    assert config_reference_markdown() in (ROOT / "docs" / "configuration.md").read_text()
 
 
 def test_docs_linked_from_the_readme_exist() -> None:

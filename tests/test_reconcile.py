@@ -27,6 +27,7 @@ from sessionfiles import (
 )
 
 from sessionstore.errors import IntegrityViolation, InvalidRecord, ReadOnlyStore
+from sessionstore.inputs import MAX_NESTING
 from sessionstore.models import EditOutcome, LearningSession
 from sessionstore.rebuild import rebuild
 from sessionstore.reconcile import (
@@ -35,7 +36,6 @@ from sessionstore.reconcile import (
     reconcile,
     reconcile_steps,
 )
-from sessionstore.records import MAX_NESTING
 from sessionstore.store import SessionStore, WriteResult
 
 
@@ -416,10 +416,10 @@ def test_files_under_sessions_are_never_written_created_or_deleted(
     assert snapshot(root / "sessions") == before
 
 
-def check_rebuilt(db: Path, paths: list[Path]) -> None:
+def check_rebuilt(db: Path, paths: list[Path], index_only: set[str] = frozenset()) -> None:  # type: ignore[assignment]
     rebuilt = SessionStore(db, readonly=True)
     try:
-        assert rebuilt.session_ids() == {p.parent.name for p in paths}
+        assert rebuilt.session_ids() == {p.parent.name for p in paths} | index_only
         for path in paths:
             assert rebuilt.get_session(path.parent.name) == file_model(path)
         assert rebuilt.integrity_check() == ["ok"]
@@ -475,7 +475,12 @@ def test_rebuilt_index_and_its_side_files_are_owner_only_under_umask_022(root: P
     }
 
 
-def test_rebuild_replaces_an_index_and_never_applies_its_stale_wal(root: Path) -> None:
+@pytest.mark.parametrize("files_only", [True, False], ids=["files-only", "carrying"])
+def test_rebuild_replaces_an_index_and_never_applies_its_stale_wal(
+    root: Path, files_only: bool
+) -> None:
+    """The old WAL's frames never reach the new file; with carrying, the session only the
+    old index (in its WAL) held is read through SQLite and copied as a row."""
     paths = [write_session(root, f"s{i}") for i in range(3)]
     live = root / "live.db"
     stale = root / "distillation.db"
@@ -486,10 +491,12 @@ def test_rebuild_replaces_an_index_and_never_applies_its_stale_wal(root: Path) -
     writer.close()
     os.chmod(stale, 0o600)
     assert os.path.getsize(f"{stale}-wal") > 0
-    rebuild(stale, root)
+    result = rebuild(stale, root, files_only=files_only)
     assert not Path(f"{stale}-wal").exists() and not Path(f"{stale}-shm").exists()
     assert stale.stat().st_mode & 0o777 == 0o600
-    check_rebuilt(stale, paths)
+    assert result.index_only_kept == (0 if files_only else 1)
+    assert result.dropped == (1 if files_only else 0)
+    check_rebuilt(stale, paths, index_only=set() if files_only else {"only-in-old-wal"})
 
 
 def test_rebuild_failure_leaves_the_old_index_alone(

@@ -30,6 +30,7 @@ from sessionstore.benchmarks.listing import (
 from sessionstore.errors import (
     InvalidRecord,
     ReadOnlyStore,
+    RequestIdConflict,
     SchemaError,
     SessionStoreError,
     StorageFailure,
@@ -1216,7 +1217,7 @@ BAD_WRITES: list[tuple[str, BadWrite, type[SessionStoreError], str]] = [
         InvalidRecord,
         "status",
     ),
-    ("negative limit", lambda s, sess, o: s.list_sessions(limit=-1), InvalidRecord, "limit"),
+    ("limit as bool", lambda s, sess, o: s.list_sessions(limit=True), InvalidRecord, "limit"),
     ("limit as string", lambda s, sess, o: s.list_sessions(limit="10"), InvalidRecord, "limit"),
 ]
 
@@ -1348,9 +1349,17 @@ def test_large_outcome_batches_give_the_same_results_as_one_by_one(
     assert [r.ok for r in results] == [i != 7 for i in range(20)]
     assert isinstance(results[7].error, UnknownSession) and "ghost" in str(results[7].error)
 
-    # the same id twice in one batch: stored once, the second flagged duplicate
+    # the same save twice in one batch: stored once, the second flagged duplicate
     twice = [OutcomeWrite(a.id, make_outcome(), OUTCOME_EDIT, f"t{i}") for i in range(20)]
-    twice[5] = OutcomeWrite(a.id, make_outcome(), OUTCOME_EDIT, "t4")
+    twice[5] = twice[4]
     results = store.apply_batch(twice)
     assert results[5].duplicate and not results[4].duplicate
     assert len(store.list_outcomes(a.id)) == 20 + 19 + 19
+
+    # the same id for another save in one batch: that one is refused, by name, alone
+    reused = [OutcomeWrite(a.id, make_outcome(), OUTCOME_EDIT, f"u{i}") for i in range(20)]
+    reused[5] = OutcomeWrite(a.id, make_outcome(edit_id="other"), OUTCOME_EDIT, "u4")
+    results = store.apply_batch(reused)
+    assert [r.ok for r in results] == [i != 5 for i in range(20)]
+    assert isinstance(results[5].error, RequestIdConflict) and "'u4'" in str(results[5].error)
+    assert len(store.list_outcomes(a.id)) == 20 + 19 + 19 + 19

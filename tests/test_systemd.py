@@ -3,7 +3,8 @@
 The notify tests bind the socket systemd would own (a path socket and an
 abstract one) and read exactly what the daemon would send. The unit-file tests
 need systemd-analyze (.ci/install-systemd-tools) and skip without it; systemd
-does not have to be PID 1 for `verify` and `security --offline=yes`.
+does not have to be PID 1 for `verify` and `security --offline=yes`. Both units
+run under a real systemd manager in test_systemd_units.py.
 """
 
 from __future__ import annotations
@@ -261,6 +262,25 @@ def test_user_unit_uses_the_default_home_clients_also_use() -> None:
     assert s["WatchdogSec"] == ["30"]
     assert "OPENJARVIS_HOME=%h/.openjarvis" in s["Environment"]
     assert s["WantedBy"] == ["default.target"]
+
+
+@pytest.mark.parametrize("unit", [SYSTEM_UNIT, USER_UNIT], ids=["system", "user"])
+def test_unit_reloads_with_sighup_and_allows_many_clients(unit: Path) -> None:
+    s = unit_settings(unit)
+    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert s["LimitNOFILE"] == ["65536"]
+
+
+@pytest.mark.parametrize("unit", [SYSTEM_UNIT, USER_UNIT], ids=["system", "user"])
+def test_filter_gives_back_exactly_sched_setscheduler_after_the_denials(unit: Path) -> None:
+    """libzmq aborts when sched_setscheduler fails (issue 11); the allowance must come after
+    the ~@resources denial, or the denial takes it away again. The whole filter is checked
+    under a real manager in test_systemd_units.py."""
+    assert unit_settings(unit)["SystemCallFilter"] == [
+        "@system-service",
+        "~@privileged @resources",
+        "sched_setscheduler",
+    ]
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ Start-up order matters to systemd: READY=1 is sent only once the socket is bound
 and the schema is migrated, so a client started after the unit is "active" can
 always connect. SIGTERM/SIGINT ask the loop to stop taking new work; what was
 received is committed and answered, the WAL is checkpointed, and we exit 0.
+SIGHUP re-reads the settings (:mod:`sessiond.reload`) and keeps serving.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ import zmq
 
 from sessiond.ingest import IngestLoop
 from sessiond.jobs import Jobs
+from sessiond.limits import raise_open_files_limit
 from sessiond.logs import configure_logging
+from sessiond.reload import Reloader
 from sessiond.systemd import Notifier, journal_stream_active
 from sessionstore.config import Settings, is_loopback
 from sessionstore.errors import ConfigError, SessionStoreError
+from sessionstore.filemodes import tighten_index_files
 from sessionstore.lock import IndexLock
 from sessionstore.store import SessionStore
 
@@ -40,10 +44,6 @@ def prepare_learning_root(root: Path) -> None:
         log.warning(
             "learning root %s has mode %o; other users may read it (0700 advised)", root, mode
         )
-
-
-def _ipc_path(address: str) -> Path | None:
-    return Path(address[len("ipc://") :]) if address.startswith("ipc://") else None
 
 
 class Heartbeat:
@@ -85,10 +85,14 @@ READER_SWITCH_INTERVAL = 0.001
 """Seconds a thread may hold the GIL while another waits for it (CPython's default: 0.005)."""
 
 
-def serve(settings: Settings) -> int:
-    """Run the daemon until SIGTERM/SIGINT; return the process exit code."""
+def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; return the process exit code.
+
+    ``reload_settings`` reads the settings again as they were read for this start;
+    SIGHUP calls it (without it, a reload says it cannot re-read them)."""
     configure_logging(settings.log_level, journal=journal_stream_active())
     os.umask(0o077)  # the index, its WAL and the ipc socket are the owner's alone
+    raise_open_files_limit()  # one descriptor per connection: see sessiond.limits
     if settings.query_threads > 0:
         # A reader busy with a listing holds the GIL up to the switch interval each
         # time the loop wants it back (after each fsync, each poll). At CPython's
@@ -105,18 +109,27 @@ def serve(settings: Settings) -> int:
         )
     prepare_learning_root(settings.learning_root)
     settings.index_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock = IndexLock(settings.index_path)
+    lock = IndexLock(settings.index_path)  # the file's, under any name: see sessionstore.lock
     lock.acquire()
     try:
-        return _serve_locked(settings)
+        make_index_owner_only(settings.index_path)
+        return _serve_locked(settings, reload_settings)
     finally:
-        lock.release()
+        lock.release()  # after _serve_locked closed every SQLite connection on the index
 
 
-def _serve_locked(settings: Settings) -> int:
-    socket_path = _ipc_path(settings.endpoint)
-    if socket_path is not None and socket_path.exists():
-        socket_path.unlink()  # we hold the index lock: no live daemon owns this socket
+def make_index_owner_only(db_path: Path) -> None:
+    """Tighten an index made under a looser umask (e.g. 0644 by the original library)."""
+    try:
+        tightened = tighten_index_files(db_path)
+    except OSError as err:
+        log.warning("index files stay readable by others: %s", err)
+        return
+    if tightened:
+        log.info("made the index files owner-only: %s", ", ".join(str(done) for done in tightened))
+
+
+def _serve_locked(settings: Settings, reload_settings: Callable[[], Settings] | None) -> int:
     store = SessionStore(settings.index_path, durability=settings.durability)
     if settings.checkpoint_mode == "off":
         store.set_autocheckpoint(0)  # the external replicator checkpoints; we never do
@@ -125,8 +138,14 @@ def _serve_locked(settings: Settings) -> int:
     loop = IngestLoop(store, settings, context)
     jobs = Jobs(loop, store, settings)
     heartbeat = Heartbeat(notifier, loop.stats.summary, settings.status_interval)
+    reloader = Reloader(settings, reload_settings, notifier, loop.stats.summary)
+
+    def every_turn() -> None:
+        heartbeat()
+        reloader()
+
     loop.configure(
-        heartbeat=heartbeat,
+        heartbeat=every_turn,
         admin=jobs.admin_handlers(),
         idle_poll_ms=heartbeat.poll_ms,
         on_stopping=notifier.stopping,
@@ -134,18 +153,21 @@ def _serve_locked(settings: Settings) -> int:
     loop.start_readers()
     auth = loop.enable_curve() if settings.curve_secret_key is not None else None
     try:
-        loop.bind()
+        loop.bind()  # refuses an ipc address another daemon answers at (sessiond.address)
     except zmq.ZMQError as err:
         raise SessionStoreError(f"cannot bind {settings.endpoint}: {err}") from err
-    if socket_path is not None:
-        os.chmod(socket_path, settings.socket_mode)  # created 0700 under our umask
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # Only set a flag: the handler may interrupt a notify send holding its lock,
         # so STOPPING=1 is sent by the loop as it leaves (on_stopping below).
         loop.request_stop()
 
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        reloader.request()  # applied by the loop thread on its next turn
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # Until the very end: by default SIGHUP ends the process, also mid-checkpoint.
+    previous_hangup = signal.signal(signal.SIGHUP, on_hangup)
     jobs.start()
     counts = store.counts()
     notifier.ready()
@@ -171,8 +193,7 @@ def _serve_locked(settings: Settings) -> int:
         context.term()
         store.close()
         notifier.close()
-        if socket_path is not None:
-            socket_path.unlink(missing_ok=True)  # leave no stale socket file behind
+        signal.signal(signal.SIGHUP, previous_hangup)
     log.info("sessiond %d stopped: %s", os.getpid(), loop.stats.summary())
     return 0
 

@@ -29,6 +29,7 @@ from typing import Any
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from sessiond.connections import ConnectionGate
 from sessiond.in_progress import InProgress
 from sessiond.logs import RateLimited
 from sessiond.queries import READ_OPS, reply
@@ -83,6 +84,7 @@ class IngestLoop:
         self._in_progress = InProgress(self.stats, self._send, self._reject, self._count_rejection)
         self._submit_lock = threading.Lock()
         self.idle = True
+        self.connections = ConnectionGate(self._router, settings, self._wake, self.request_stop)
 
     # -- lifecycle (called from the main thread) -------------------------------
 
@@ -108,7 +110,7 @@ class IngestLoop:
         sock.setsockopt(zmq.MAXMSGSIZE, s.max_message_bytes)
         sock.setsockopt(zmq.RCVHWM, s.high_water_mark)
         sock.setsockopt(zmq.SNDHWM, s.high_water_mark)
-        sock.bind(s.endpoint)
+        self.connections.bind()  # and unbinds while the connections are at capacity
 
     def enable_curve(self) -> ThreadAuthenticator:
         """Require CURVE keys from clients (see :mod:`sessiond.security`); before :meth:`bind`."""
@@ -169,12 +171,14 @@ class IngestLoop:
             elif self.idle:
                 self._reject_log.flush(expired_only=True)
             self._heartbeat()
+            self.connections.check()
         self._on_stopping()
         self._drain_for_shutdown()
         self._reject_log.flush()
 
     def close(self) -> None:
         self._in_progress.close_readers(SHUTDOWN_DRAIN_SECONDS)
+        self.connections.close()
         self._router.close()
         with self._wake_lock:
             self._pipe_open = False
@@ -201,6 +205,7 @@ class IngestLoop:
         self._off_loop.settle()
 
     def _launch(self, task: Task) -> None:
+        task.future.set_running_or_notify_cancel()
         if task.off_loop is None:
             self._sliced.add(task)
         else:
@@ -255,6 +260,7 @@ class IngestLoop:
             self._commit(saves)
         for identity, request in others:
             self._answer(identity, request)
+            self.connections.check()  # a turn of 512 requests is too long to wait at capacity
 
     def _decode(self, frames: list[bytes]) -> protocol.Request | None:
         self.stats.received += 1
@@ -350,7 +356,8 @@ class IngestLoop:
             return
         if isinstance(result, Task):  # an on-demand job: replied to when it finishes
             self._in_progress.answer_when_done(identity, request, result)
-            self._launch(result)
+            if not result.future.running():  # else a run under way this request shares
+                self._launch(result)
         elif isinstance(result, bytes | bytearray):  # a read's reply, encoded already
             self._send(identity, result)
         else:
@@ -391,6 +398,7 @@ class IngestLoop:
         report["db_path"] = str(self.settings.index_path)
         report["tasks_pending"] = len(self._sliced) + len(self._off_loop) + self._tasks.qsize()
         report["reads_pending"] = self._in_progress.reads_pending
+        report["connections"] = self.connections.status()
         for name, handler in self._admin.items():
             if name.startswith("status:"):
                 report[name.split(":", 1)[1]] = handler({})

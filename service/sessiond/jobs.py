@@ -19,6 +19,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from sessiond.ingest import IngestLoop
+from sessiond.job_runs import JobRuns
 from sessiond.tasks import Steps, Task
 from sessionstore.config import Settings
 from sessionstore.store import SessionStore
@@ -31,6 +32,8 @@ JOB_WAIT_SECONDS = 3600.0
 # After a start (perhaps after a crash that lost the WAL) the index should catch up with
 # the session.json files soon, not a whole reconcile_interval later.
 FIRST_RECONCILE_DELAY = 5.0
+# Newly unusable session.json / plan.json files named one per log line, at most this many a pass.
+LOG_INVALID_MOST = 5
 
 
 @dataclass
@@ -85,6 +88,9 @@ class Jobs:
         self._settings = settings
         self.states: dict[str, JobState] = {}
         self.integrity_ok: bool | None = None
+        self._runs = JobRuns()  # one run of each job at a time, asked for or scheduled
+        self._reported_invalid: set[Any] = set()
+        """Unusable files (InvalidFile: path and reason) already logged: each is logged once."""
         # The first scheduled pass after start is incremental; the first full one
         # comes a full interval later (a restart does not make files change).
         self._last_full_reconcile = time.monotonic()
@@ -124,14 +130,27 @@ class Jobs:
         )
         report = result.to_dict()
         report["full"] = full
-        if result.invalid:
-            log.warning(
-                "reconcile: %d unreadable file(s), e.g. %s: %s",
-                len(result.invalid),
-                result.invalid[0].path,
-                result.invalid[0].reason,
-            )
+        if not dry_run:  # a dry run's problems are reported to whoever asked for it
+            self._log_invalid(result.invalid, full)
         return report
+
+    def _log_invalid(self, invalid: list[Any], full: bool) -> None:
+        """Log each unusable file once, not at every pass (every 5 minutes) while it stays so.
+
+        A full pass reads every file, so what it found replaces what was known: a file
+        fixed and broken again is logged again. An incremental pass may not re-read a
+        file (a plan.json is read only with its session), so it only adds.
+        """
+        found = set(invalid)
+        new = [problem for problem in invalid if problem not in self._reported_invalid]
+        self._reported_invalid = found if full else self._reported_invalid | found
+        for problem in new[:LOG_INVALID_MOST]:
+            log.warning("reconcile: cannot use %s: %s", problem.path, problem.reason)
+        if len(new) > LOG_INVALID_MOST:
+            log.warning(
+                "reconcile: %d more unusable files (`sessionstore reconcile --dry-run` lists all)",
+                len(new) - LOG_INVALID_MOST,
+            )
 
     def _integrity(self) -> dict[str, Any]:
         """``PRAGMA quick_check`` on a read-only connection of its own, off the loop.
@@ -202,7 +221,11 @@ class Jobs:
 
     def _run_scheduled(self, name: str) -> None:
         """Runs on a scheduler thread: hand the job to the loop and wait for it to finish."""
-        future = self._loop.submit(self._scheduled_task(name))
+        task = self._runs.for_schedule(name, lambda: self._scheduled_task(name))
+        if task is None:
+            log.info("%s: not started, %s", name, self._runs.running(name) or "a run is going")
+            return
+        future = self._loop.submit(task)
         try:
             future.exception(timeout=JOB_WAIT_SECONDS)
         except TimeoutError:
@@ -244,17 +267,30 @@ class Jobs:
 
     def admin_handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         return {
-            "checkpoint": lambda p: self.task(
-                "checkpoint", lambda: checkpoint_steps(self._store, p.get("mode", "TRUNCATE"))
+            "checkpoint": self._checkpoint_asked,
+            "reconcile": self._reconcile_asked,
+            "integrity_check": lambda p: self._runs.for_request(
+                "integrity", {}, lambda: self.task("integrity", off_loop=self._integrity)
             ),
-            "reconcile": lambda p: self.task(
-                "reconcile",
-                lambda: self._reconcile(dry_run=p.get("dry_run", False), full=p.get("full", False)),
-            ),
-            "integrity_check": lambda p: self.task("integrity", off_loop=self._integrity),
             "status:jobs": lambda p: self.status(),
             "status:integrity_ok": lambda p: self.integrity_ok,
         }
+
+    def _checkpoint_asked(self, params: dict[str, Any]) -> Task:
+        mode = params.get("mode", "TRUNCATE")
+        return self._runs.for_request(
+            "checkpoint",
+            {"mode": mode},
+            lambda: self.task("checkpoint", lambda: checkpoint_steps(self._store, mode)),
+        )
+
+    def _reconcile_asked(self, params: dict[str, Any]) -> Task:
+        dry_run, full = params.get("dry_run", False), params.get("full", False)
+        return self._runs.for_request(
+            "reconcile",
+            {"dry_run": dry_run, "full": full},
+            lambda: self.task("reconcile", lambda: self._reconcile(dry_run=dry_run, full=full)),
+        )
 
     def status(self) -> dict[str, Any]:
         report = {}
@@ -268,6 +304,16 @@ class Jobs:
 
 
 def _brief(result: Any) -> str:
-    if isinstance(result, dict):
-        return ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, list | dict))
-    return str(result)
+    """A job's result for its log line: lists as their length, floats without binary noise."""
+    if not isinstance(result, dict):
+        return str(result)
+    parts = []
+    for key, value in result.items():
+        if isinstance(value, dict) or key == "duration_seconds":  # the line says how long
+            continue
+        if isinstance(value, list):
+            value = len(value)
+        elif isinstance(value, float):
+            value = f"{value:.3g}"
+        parts.append(f"{key}={value}")
+    return ", ".join(parts)

@@ -36,8 +36,14 @@ def configure_logging(level: str, *, journal: bool) -> None:
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.getLogger().handlers[:] = [handler]
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """The daemon's log level (at start, and again on reload); APScheduler's own lines
+    only from WARNING up, whatever the level."""
     root = logging.getLogger()
-    root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
 

@@ -5,8 +5,12 @@ queries). A call that gets no reply, or a "not now" refusal, is re-sent with the
 *same* request id 1 s, 2 s, then every 4 s after the previous send, until its
 ``timeout`` (the total time the call may take) runs out; any one reply to that id
 answers it. The daemon remembers applied ids in the index, so a retried save is
-never applied twice, even when the daemon restarted in between. One DEALER socket
-per thread (and per process, so the client keeps working in a child after ``fork``).
+never applied twice, even when the daemon restarted in between. A save also carries
+its deadline, a little before the call's timeout ends: the daemon refuses it unapplied
+once that has passed, so a save reported failed does not turn up later (the window
+that remains is in docs/retries.md; ``DaemonUnavailable.unknown_request_ids`` names
+the saves it leaves in doubt). One DEALER socket per thread (and per process, so the
+client keeps working in a child after ``fork``).
 """
 
 from __future__ import annotations
@@ -18,25 +22,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import zmq
 import zmq.auth
 from pydantic import TypeAdapter, ValidationError
 
-from sessionstore import protocol
+from sessionstore import protocol, retries
 from sessionstore.config import load_settings
 from sessionstore.errors import (
     ConfigError,
     DaemonUnavailable,
+    DeadlineExpired,
     MalformedRequest,
     PipelineError,
     RequestTooLarge,
     ShuttingDown,
 )
+from sessionstore.inputs import describe_validation_error, listing_args, query_id
 from sessionstore.models import EditOutcome, LearningSession, SessionStatus
 from sessionstore.pipeline import Pipeline
-from sessionstore.records import M, checked_id, describe_validation_error, gc_paused
+from sessionstore.records import gc_paused, read_models
 
 # Resend an unanswered request after this long, doubling up to the cap: long enough
 # that a busy daemon is not flooded with copies, short enough to ride out a restart.
@@ -46,11 +53,7 @@ _RETRYABLE = (ShuttingDown, DaemonUnavailable)
 """Refusals that mean "not now": retried with back-off until the call's deadline."""
 
 
-_SESSIONS: TypeAdapter[list[LearningSession]] = TypeAdapter(list[LearningSession])
-_OUTCOMES: TypeAdapter[list[EditOutcome]] = TypeAdapter(list[EditOutcome])
-
-
-def _records(adapter: TypeAdapter[list[M]], result: Any, op: str) -> list[M]:
+def _records(adapter: TypeAdapter[list[Any]], result: Any, op: str) -> list[Any]:
     """A read's records as models, validated in one call (as the store does); a reply
     that does not validate is the daemon's fault, reported as one of ours."""
     try:
@@ -69,7 +72,12 @@ class _Thread:
 
 
 class SessionStoreClient:
-    """A drop-in for :class:`sessionstore.SessionStore` that talks to the daemon."""
+    """A drop-in for :class:`sessionstore.SessionStore` that talks to the daemon.
+
+    Like the store, it saves any ``LearningSession`` / ``EditOutcome`` with our fields
+    (checked and converted before encoding, with the store's messages), and reads
+    return ``sessionstore.models`` objects or, with ``models=``, the caller's classes.
+    """
 
     def __init__(
         self,
@@ -78,7 +86,9 @@ class SessionStoreClient:
         timeout: float | None = None,
         max_in_flight: int | None = None,
         max_message_bytes: int | None = None,
+        models: ModuleType | str | None = None,
     ) -> None:
+        self._models = read_models(models)
         settings = load_settings(address=address)
         self.address = settings.endpoint
         self.timeout = float(timeout if timeout is not None else settings.client_timeout)
@@ -110,10 +120,14 @@ class SessionStoreClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def save_session(self, session: LearningSession) -> None:
-        """Insert or update a session; returns once the daemon has committed it."""
-        rid = protocol.new_request_id()
-        self._call(rid, protocol.encode_save_session(rid, session))
+    def save_session(self, session: LearningSession, *, request_id: str | None = None) -> None:
+        """Insert or update a session; returns once the daemon has committed it.
+
+        ``request_id`` names this save (default: a new id). Saving again under the id of
+        a failed call's ``unknown_request_ids`` applies it exactly once.
+        """
+        rid = retries.checked_request_id(request_id)
+        self._save(rid, protocol.encode_save_session(rid, session))
 
     def save_outcome(
         self,
@@ -125,29 +139,39 @@ class SessionStoreClient:
         target: str,
         risk_tier: str,
         rationale: str = "",
+        request_id: str | None = None,
     ) -> None:
-        """Add one outcome row; returns once the daemon has committed it."""
-        rid = protocol.new_request_id()
+        """Add one outcome row; returns once the daemon has committed it.
+
+        ``request_id`` as for :meth:`save_session`.
+        """
+        rid = retries.checked_request_id(request_id)
         frame = protocol.encode_save_outcome(
             rid, session_id, outcome, pillar=pillar, op=op, target=target,
             risk_tier=risk_tier, rationale=rationale,
         )  # fmt: skip
-        self._call(rid, frame)
+        self._save(rid, frame)
 
     def get_session(self, session_id: str) -> LearningSession | None:
-        result = self._query("get_session", session_id=checked_id(session_id, "session_id"))
-        return None if result is None else _records(_SESSIONS, [result], "get_session")[0]
+        sid = query_id(session_id)  # "" and None: no such session, as in the store
+        result = None if sid is None else self._query("get_session", session_id=sid)
+        if result is None:
+            return None
+        return _records(self._models.sessions, [result], "get_session")[0]  # type: ignore[no-any-return]
 
     def list_sessions(
         self, status: SessionStatus | None = None, limit: int | None = None
     ) -> list[LearningSession]:
-        wire_status = None if status is None else getattr(status, "value", status)
-        result = self._query("list_sessions", status=wire_status, limit=limit)
-        return _records(_SESSIONS, result, "list_sessions")
+        wire_status, wire_limit = listing_args(status, limit)  # the store's rules, checked here
+        result = self._query("list_sessions", status=wire_status, limit=wire_limit)
+        return _records(self._models.sessions, result, "list_sessions")
 
     def list_outcomes(self, session_id: str) -> list[EditOutcome]:
-        result = self._query("list_outcomes", session_id=checked_id(session_id, "session_id"))
-        return _records(_OUTCOMES, result, "list_outcomes")
+        sid = query_id(session_id)
+        if sid is None:
+            return []
+        result = self._query("list_outcomes", session_id=sid)
+        return _records(self._models.outcomes, result, "list_outcomes")
 
     # -- operations ------------------------------------------------------------------
 
@@ -186,12 +210,25 @@ class SessionStoreClient:
         rid = protocol.new_request_id()
         return self._call(rid, protocol.encode_request(rid, op, **params), timeout)
 
+    def _save(self, rid: str, frame: bytes) -> None:
+        """Send a save with its deadline; a timeout names it as a save in doubt."""
+        try:
+            self._call(rid, protocol.with_deadline(frame, retries.save_deadline(self.timeout)))
+        except DaemonUnavailable as err:  # DeadlineExpired too: the same advice holds
+            raise type(err)(
+                f"{err}; not known to be applied: save it again with "
+                f"request_id={rid!r} to apply it once",
+                unknown_request_ids=(rid,),
+            ) from None
+
     def _call(self, rid: str, frame: bytes, timeout: float | None = None) -> Any:
         self._check_size(frame)
         sock = self.socket()
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         try:
             return self._exchange(sock, rid, frame, deadline, timeout)
+        except DeadlineExpired:
+            raise  # answered: the peer is alive, and its other copies expire too
         except DaemonUnavailable:
             self._reset_socket()  # requests queued for a dead peer must not pile up
             raise
@@ -213,7 +250,9 @@ class SessionStoreClient:
                 if reply.ok:
                     return reply.result
                 assert reply.error is not None
-                if not isinstance(reply.error, _RETRYABLE):
+                if isinstance(reply.error, DeadlineExpired) or not isinstance(
+                    reply.error, _RETRYABLE
+                ):  # expired is final: every copy carries the same deadline
                     raise reply.error
                 # "Not now" is no reason to resend at once: that turned a stopping
                 # daemon's refusals into thousands of resends a second.

@@ -2,15 +2,20 @@
 
 The TOML file is ``--config``, else ``$SESSIONSTORE_CONFIG``, else
 ``$OPENJARVIS_HOME/learning/sessiond.toml`` when it exists. Environment variables
-are ``SESSIONSTORE_<NAME>`` (``SESSIONSTORE_BATCH_MAX=256``). Every default lives
-here and nowhere else; docs/configuration.md's reference table is generated from
-the same field descriptions (``sessionstore config --reference``).
+are ``SESSIONSTORE_<NAME>`` (``SESSIONSTORE_BATCH_MAX=256``, any case); one that
+names no setting is warned about, with the setting it was probably meant to be.
+Every default lives here and nowhere else; docs/configuration.md's reference
+table is generated from the same field descriptions (``sessionstore config --reference``).
+A ``~`` in any path setting, and in an ``ipc://`` address, is the user's home.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import logging
 import os
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -23,14 +28,29 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from sessionstore.errors import ConfigError
+from sessionstore.errors import ConfigError, shorten
 
+ENV_PREFIX = "SESSIONSTORE_"
 CONFIG_ENV = "SESSIONSTORE_CONFIG"
+# Variables with the prefix that are not settings: not warned about as unknown.
+OTHER_ENV = frozenset(
+    {
+        CONFIG_ENV,
+        "SESSIONSTORE_REQUIRE_ENVIRONMENT",  # tests: a missing environment fails (.ci/run)
+        "SESSIONSTORE_LONG_TESTS",  # tests: run the slow variants
+        "SESSIONSTORE_CRASH_SEED",  # tests: replay a crash loop
+        "SESSIONSTORE_FUZZ_SEED",  # tests: replay a fuzz run
+    }
+)
+IPC_PATH_MAX = 107
+"""Longest ipc:// socket path in bytes: a Unix socket address holds 108 with the NUL."""
 CONFIG_FILENAME = "sessiond.toml"
 DB_FILENAME = "distillation.db"
 SOCKET_FILENAME = "sessiond.sock"
 
 _toml_file: ContextVar[Path | None] = ContextVar("sessionstore_toml_file", default=None)
+_warned_env: set[str] = set()
+log = logging.getLogger("sessionstore.config")
 
 
 def openjarvis_home() -> Path:
@@ -44,9 +64,7 @@ def default_learning_root() -> Path:
 class Settings(BaseSettings):
     """Everything the daemon, the client and the CLI can be told."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="SESSIONSTORE_", extra="forbid", validate_default=True
-    )
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     learning_root: Path = Field(
         default_factory=default_learning_root,
@@ -104,6 +122,15 @@ class Settings(BaseSettings):
         ge=1,
         description="ZeroMQ send/receive high-water mark, in messages per connection: a "
         "connection holds at most this many frames of up to max_message_bytes queued.",
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        description="Most client connections held at once (one per client thread, about "
+        "28 KiB each); at this many the daemon stops listening for a second, which closes "
+        "them, and clients reconnect. Lower if the open-files limit cannot hold twice as "
+        "many (see docs/limits.md).",
     )
     query_threads: int = Field(
         default=2,
@@ -180,7 +207,7 @@ class Settings(BaseSettings):
         description="Client side: this client's CURVE key pair file (NAME.key_secret).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Log level."
+        default="INFO", description="Log level: DEBUG, INFO, WARNING or ERROR (any case)."
     )
 
     @classmethod
@@ -209,6 +236,23 @@ class Settings(BaseSettings):
         self.address = normalise_address(self.address)
         return self
 
+    @field_validator(
+        "learning_root",
+        "db_path",
+        "curve_secret_key",
+        "curve_allowed_dir",
+        "curve_server_key",
+        "curve_client_secret_key",
+    )
+    @classmethod
+    def _home(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
     @field_validator("socket_mode", mode="before")
     @classmethod
     def _octal(cls, value: object) -> object:
@@ -216,7 +260,7 @@ class Settings(BaseSettings):
             try:
                 return int(value, 8)
             except ValueError:
-                raise ValueError(f"{value!r} is not an octal file mode like 0600") from None
+                raise ValueError(f"{shorten(value)} is not an octal file mode like 0600") from None
         return value
 
     @field_validator("address")
@@ -240,17 +284,42 @@ class Settings(BaseSettings):
 
 
 def normalise_address(address: str) -> str:
-    """Check an address and make ``tcp://:PORT`` bind loopback; ValueError names the fault."""
+    """Check an address, expand ``~`` in an ipc path and make ``tcp://:PORT`` bind loopback;
+    ValueError names the fault."""
     if address.startswith("ipc://"):
         if len(address) <= len("ipc://"):
             raise ValueError("ipc:// address needs a socket path")
-        return address
+        return "ipc://" + os.path.expanduser(address[len("ipc://") :])
     if address.startswith("tcp://"):
         host, sep, port = address[len("tcp://") :].rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"tcp address {address!r} needs a port: tcp://HOST:PORT")
+            raise ValueError(f"tcp address {shorten(address)} needs a port: tcp://HOST:PORT")
         return f"tcp://{host or '127.0.0.1'}:{port}"
-    raise ValueError(f"address {address!r} must start with ipc:// or tcp://")
+    raise ValueError(f"address {shorten(address)} must start with ipc:// or tcp://")
+
+
+def ipc_path(address: str) -> Path | None:
+    """The socket file of an ``ipc://`` address; None for tcp://."""
+    return Path(address[len("ipc://") :]) if address.startswith("ipc://") else None
+
+
+def check_ipc_path(address: str) -> None:
+    """Refuse an ipc:// path too long for a Unix socket, naming the limit and the way out.
+
+    Checked where the socket is used (serve, and the commands that connect), not when
+    settings load: a deep learning root makes the *default* socket path too long, and
+    ``rebuild`` or ``config`` must still work there.
+    """
+    path = ipc_path(address)
+    if path is None:
+        return
+    size = len(os.fsencode(path))
+    if size > IPC_PATH_MAX:
+        raise ConfigError(
+            f"socket path {path} is {size} bytes, over the {IPC_PATH_MAX}-byte "
+            "limit of a Unix socket path: set SESSIONSTORE_ADDRESS (or --address) to a shorter "
+            "one, e.g. ipc://$XDG_RUNTIME_DIR/sessiond.sock"
+        )
 
 
 def is_loopback(address: str) -> bool:
@@ -283,6 +352,7 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
     ``overrides`` are command-line flags: None values are ignored so an unset flag
     does not hide the environment or the file.
     """
+    warn_unknown_environment()
     path = config_file(config)
     if path is not None and not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -297,6 +367,28 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
         _toml_file.reset(token)
 
 
+def warn_unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Warn (once per process and name) about SESSIONSTORE_* variables that set nothing.
+
+    A typo in the TOML file is an error; the same typo in the environment used to be
+    ignored without a word. An error would stop a daemon over a stray variable in a
+    unit file, so it is a warning, naming the setting meant when one is close.
+    Returns the warnings given this time (for tests).
+    """
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | OTHER_ENV
+    given = []
+    for name in os.environ if environ is None else environ:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or name in _warned_env:
+            continue
+        _warned_env.add(name)
+        close = difflib.get_close_matches(upper, sorted(known - OTHER_ENV), n=1, cutoff=0.8)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        given.append(f"unknown environment variable {name} ignored{hint}")
+        log.warning(given[-1])
+    return given
+
+
 def _describe(err: ValidationError, path: Path | None) -> str:
     problems = []
     for item in err.errors():
@@ -304,6 +396,6 @@ def _describe(err: ValidationError, path: Path | None) -> str:
         if item["type"] == "extra_forbidden":
             problems.append(f"{key}: unknown setting")
         else:
-            problems.append(f"{key}: {item['msg']} (got {item.get('input')!r:.80})")
+            problems.append(f"{key}: {item['msg']} (got {shorten(item.get('input'))})")
     where = f" (config file {path})" if path else ""
     return "invalid setting" + where + ": " + "; ".join(problems)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sessionstore import schema
 from sessionstore.errors import InvalidRecord
 from sessionstore.models import EditOutcome
 from sessionstore.records import OUTCOME_VALUE_COLUMNS, OutcomeEdit, outcome_values
@@ -33,6 +34,14 @@ class CheckpointResult:
 
 
 _EDIT_MATCH = "target = ? AND pillar = ? AND op = ? AND risk_tier = ?"
+INSERT_SESSION_ROW = (
+    f"INSERT INTO learning_sessions ({', '.join(schema.SESSION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(schema.SESSION_COLUMNS))})"
+)
+INSERT_OUTCOME_ROW = (
+    f"INSERT INTO edit_outcomes ({', '.join(schema.OUTCOME_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(schema.OUTCOME_COLUMNS))})"
+)
 
 
 def _edit_key(edit: OutcomeEdit) -> tuple[str, str, str, str]:
@@ -57,6 +66,10 @@ class IndexMaintenance:
         ) -> sqlite3.Cursor: ...
 
         def _write_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> int: ...
+
+        def _write_statements(
+            self, statements: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]
+        ) -> int: ...
 
         def _require_writable(self, action: str) -> None: ...
 
@@ -124,6 +137,46 @@ class IndexMaintenance:
                 f"UPDATE edit_outcomes SET {assign} WHERE session_id = ? AND edit_id = ? AND "
                 "(SELECT count(*) FROM edit_outcomes WHERE session_id = ? AND edit_id = ?) = 1",
                 rows,
+            )
+
+    # -- rebuild's carrying of sessions only an old index holds ---------------------------
+
+    def session_rows(self, session_id: str) -> tuple[tuple[Any, ...] | None, list[tuple[Any, ...]]]:
+        """The session's row and its outcome rows exactly as stored (all of the original's
+        columns, outcomes in insertion order); (None, []) for an unknown id."""
+        with self._lock:
+            row = self._read(
+                f"SELECT {', '.join(schema.SESSION_COLUMNS)} FROM learning_sessions WHERE id = ?",
+                (session_id,),
+            ).fetchone()
+            outcomes = self._read(
+                f"SELECT {', '.join(schema.OUTCOME_COLUMNS)} FROM edit_outcomes "
+                "WHERE session_id = ? ORDER BY id",
+                (session_id,),
+            ).fetchall()
+        return (tuple(row) if row is not None else None), [tuple(o) for o in outcomes]
+
+    def session_parents(self) -> dict[str, str | None]:
+        """Every session's parent id (None for none), in one query."""
+        with self._lock:
+            rows = self._read("SELECT id, parent_session_id FROM learning_sessions").fetchall()
+        return {row[0]: row[1] for row in rows}
+
+    def insert_rows(
+        self,
+        session_rows: Sequence[tuple[Any, ...]],
+        outcome_rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """Insert session rows, then outcome rows, as they are, in one transaction.
+
+        No validation and no conversion: a rebuild carries what the old index held,
+        byte for byte, even a row our models would refuse. Each parent must be in the
+        index already or come earlier in ``session_rows`` (the foreign key is enforced).
+        """
+        self._require_writable("insert_rows")
+        with self._lock:
+            self._write_statements(
+                [(INSERT_SESSION_ROW, session_rows), (INSERT_OUTCOME_ROW, outcome_rows)]
             )
 
     def file_states(self) -> dict[str, tuple[int, int]]:

@@ -13,7 +13,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class EditPillar(str, Enum):
@@ -77,8 +77,18 @@ OutcomeStatus = Literal[
 ]
 
 
+# inf and NaN serialise as JSON's Infinity/NaN, not as null. Saves refuse them (a
+# session.json written by OpenJarvis would hold null), but an index row the original
+# library wrote may hold them, and a read through the daemon must give back what the
+# store gives: pydantic's default would turn them into null (or a failed validation)
+# on the wire.
+_KEEP_NON_FINITE = ConfigDict(ser_json_inf_nan="constants")
+
+
 class BenchmarkSnapshot(BaseModel):
     """Benchmark scores measured before or after a session's edits."""
+
+    model_config = _KEEP_NON_FINITE
 
     benchmark_version: str
     overall_score: float = Field(ge=0.0, le=1.0)
@@ -90,6 +100,8 @@ class BenchmarkSnapshot(BaseModel):
 class EditOutcome(BaseModel):
     """What happened to one proposed edit."""
 
+    model_config = _KEEP_NON_FINITE
+
     edit_id: str
     status: OutcomeStatus
     benchmark_delta: float | None = None
@@ -100,6 +112,8 @@ class EditOutcome(BaseModel):
 
 class LearningSession(BaseModel):
     """One distillation run; ``session.json`` holds it in full."""
+
+    model_config = _KEEP_NON_FINITE
 
     id: str
     parent_session_id: str | None = None

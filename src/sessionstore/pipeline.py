@@ -6,7 +6,10 @@ the client's per-message costs dominated a one-frame-per-save pipeline). Each
 save keeps its own request id, so the daemon applies and de-duplicates it
 exactly as if it had come alone, and a resent frame never applies a save twice.
 At most ``max_in_flight`` saves are unacknowledged; submitting more blocks until
-replies make room (back-pressure, never silent loss).
+replies make room (back-pressure, never silent loss). A frame carries the deadline
+of its saves (see :func:`sessionstore.retries.save_deadline`), fixed when it is first
+sent, so its resends are the same bytes; saves that time out are listed in
+``PipelineError.unknown_request_ids`` for the caller to save again under those ids.
 """
 
 from __future__ import annotations
@@ -18,8 +21,15 @@ from typing import TYPE_CHECKING
 
 import zmq
 
-from sessionstore import protocol
-from sessionstore.errors import DaemonUnavailable, SessionStoreError, ShuttingDown, error_for_code
+from sessionstore import protocol, retries
+from sessionstore.errors import (
+    DaemonUnavailable,
+    InvalidRecord,
+    SessionStoreError,
+    ShuttingDown,
+    error_for_code,
+    unknown_request_ids,
+)
 from sessionstore.models import EditOutcome, LearningSession
 
 if TYPE_CHECKING:
@@ -72,14 +82,17 @@ class Pipeline:
         self._on_settled = on_settled
         self._last_heard = time.monotonic()
         self.failures: list[tuple[str, SessionStoreError]] = []
+        self._caller_ids: set[str] = set()
         self.acknowledged = 0
 
     # -- what callers use --------------------------------------------------------
 
-    def save_session(self, session: LearningSession) -> None:
-        rid = protocol.new_request_id()
+    def save_session(self, session: LearningSession, *, request_id: str | None = None) -> str:
+        """Queue a session save; returns its request id (``request_id`` if given)."""
+        rid = self._request_id(request_id)
         frame = protocol.encode_save_session(rid, session)
-        self._submit(rid, frame, f"save_session {session.id!r}")
+        self._submit(rid, frame, f"save_session {session.id!r}", request_id is not None)
+        return rid
 
     def save_outcome(
         self,
@@ -91,13 +104,22 @@ class Pipeline:
         target: str,
         risk_tier: str,
         rationale: str = "",
-    ) -> None:
-        rid = protocol.new_request_id()
+        request_id: str | None = None,
+    ) -> str:
+        """Queue an outcome save; returns its request id (``request_id`` if given)."""
+        rid = self._request_id(request_id)
         frame = protocol.encode_save_outcome(
             rid, session_id, outcome, pillar=pillar, op=op, target=target,
             risk_tier=risk_tier, rationale=rationale,
         )  # fmt: skip
-        self._submit(rid, frame, f"save_outcome {outcome.edit_id!r} for session {session_id!r}")
+        what = f"save_outcome {outcome.edit_id!r} for session {session_id!r}"
+        self._submit(rid, frame, what, request_id is not None)
+        return rid
+
+    @property
+    def unknown_request_ids(self) -> tuple[str, ...]:
+        """Failed saves that may still have been applied (as on :class:`PipelineError`)."""
+        return unknown_request_ids(self.failures)
 
     @property
     def in_flight(self) -> int:
@@ -110,7 +132,10 @@ class Pipeline:
             return
         saves, self._buffer = self._buffer.saves, _Buffer()
         frame_id = protocol.new_request_id()
-        frame = protocol.encode_save_batch(frame_id, [encoded for _, encoded, _ in saves])
+        frame = protocol.with_deadline(
+            protocol.encode_save_batch(frame_id, [encoded for _, encoded, _ in saves]),
+            retries.save_deadline(self._client.timeout),
+        )
         now = time.monotonic()
         entry = _Frame(
             frame,
@@ -136,13 +161,23 @@ class Pipeline:
 
     # -- the machinery --------------------------------------------------------------
 
-    def _submit(self, rid: str, encoded: bytes, what: str) -> None:
+    def _request_id(self, request_id: str | None) -> str:
+        """A new id, or the caller's if not already waiting here: two saves under one id
+        in flight at once would share one result and leave a slot of the window taken."""
+        rid = retries.checked_request_id(request_id)
+        if rid in self._caller_ids:
+            raise InvalidRecord(f"request_id {rid!r} is already in flight in this pipeline")
+        return rid
+
+    def _submit(self, rid: str, encoded: bytes, what: str, callers_id: bool) -> None:
         self._client._check_size(encoded)
         while self._unsettled >= self._max_in_flight:  # back-pressure: wait for results
             self.flush()
             self._collect()
         if self._buffer.size + len(encoded) + FRAME_OVERHEAD > self._client.max_message_bytes:
             self.flush()
+        if callers_id:  # tracked from here on: its result (_done) forgets it
+            self._caller_ids.add(rid)
         self._buffer.saves.append((rid, encoded, what))
         self._buffer.size += len(encoded) + 1
         self._unsettled += 1
@@ -198,6 +233,8 @@ class Pipeline:
             error = error_for_code(result["error"]["code"], result["error"]["message"])
             if isinstance(error, ShuttingDown):
                 continue  # stays waiting; the frame is resent when due
+            if isinstance(error, DaemonUnavailable):  # expired: saved again under its id
+                error = type(error)(str(error), unknown_request_ids=(result["id"],))
             self.failures.append((what, error))
             self._done(entry, result["id"], False)
         if not entry.waiting:
@@ -205,6 +242,7 @@ class Pipeline:
 
     def _done(self, entry: _Frame, rid: str, ok: bool) -> None:
         del entry.waiting[rid]
+        self._caller_ids.discard(rid)
         self._unsettled -= 1
         if self._on_settled is not None:
             self._on_settled(rid, ok)
@@ -221,5 +259,8 @@ class Pipeline:
             # under new ids). Frames still in flight are resent on the new socket.
             self._client._reset_socket()
         for rid, what in list(entry.waiting.items()):
-            self.failures.append((what, err))
+            if isinstance(err, DaemonUnavailable):  # each save names its own id in doubt
+                self.failures.append((what, type(err)(str(err), unknown_request_ids=(rid,))))
+            else:
+                self.failures.append((what, err))
             self._done(entry, rid, False)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from sessionstore.errors import shorten
 from sessionstore.filereading import (
     SESSIONS_DIR,
     FileState,
@@ -31,8 +32,9 @@ from sessionstore.filereading import (
     read_bytes,
     settled,
 )
+from sessionstore.inputs import describe_validation_error
 from sessionstore.models import LearningPlan
-from sessionstore.records import OutcomeEdit, describe_validation_error
+from sessionstore.records import OutcomeEdit
 
 PLAN_FILE = "plan.json"
 PLACEHOLDER_TARGET = "sessionstore:unknown-edit"
@@ -69,7 +71,7 @@ def outcome_edit(plan: PlanEdits, edit_id: str) -> tuple[OutcomeEdit, bool]:
     """The Edit fields for outcome ``edit_id``: the plan's, or a placeholder saying why (True)."""
     edit = plan.edits.get(edit_id)
     if edit is None:
-        return placeholder_edit(plan.why or f"edit {edit_id!r} not in plan.json"), True
+        return placeholder_edit(plan.why or f"edit {shorten(edit_id)} not in plan.json"), True
     return edit, False
 
 
@@ -95,7 +97,9 @@ def read_plan(sessions: Path, real_sessions: str, name: str) -> PlanEdits:
     try:
         plan = LearningPlan.model_validate(parse_json(read_bytes(path)[0]))
         if plan.session_id != name:
-            raise UnusableFile(f"session_id {plan.session_id!r} does not match directory {name!r}")
+            raise UnusableFile(
+                f"session_id {shorten(plan.session_id)} does not match directory {shorten(name)}"
+            )
     except ValidationError as err:
         return PlanEdits({}, invalid, state, describe_validation_error("not a valid plan", err))
     except UnusableFile as err:

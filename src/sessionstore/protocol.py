@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
 from pydantic_core import to_json
 
 from sessionstore.errors import (
@@ -25,9 +24,10 @@ from sessionstore.errors import (
     RequestTooLarge,
     SessionStoreError,
     error_for_code,
+    shorten,
 )
+from sessionstore.inputs import checked, checked_edit, checked_id, wire_outcome, wire_session
 from sessionstore.models import EditOutcome, LearningSession, SessionStatus
-from sessionstore.records import checked, checked_edit, checked_id
 from sessionstore.store import OutcomeWrite, SessionWrite, Write
 
 VERSION = 1
@@ -42,10 +42,12 @@ ADMIN_OPS = frozenset({"status", "checkpoint", "reconcile", "integrity_check"})
 OPS = SAVE_OPS | {"save_batch"} | QUERY_OPS | ADMIN_OPS
 
 # Keys each op accepts besides the envelope (v, id, op): name -> required?
+# A save's "deadline" (Unix time, seconds) is when its sender gives up on it: the daemon
+# refuses it unapplied after that (code "expired"). Optional: old clients send none.
 _FIELDS: dict[str, dict[str, bool]] = {
-    "save_session": {"session": True},
-    "save_outcome": {"session_id": True, "outcome": True, "edit": True},
-    "save_batch": {"saves": True},
+    "save_session": {"session": True, "deadline": False},
+    "save_outcome": {"session_id": True, "outcome": True, "edit": True, "deadline": False},
+    "save_batch": {"saves": True, "deadline": False},
     "get_session": {"session_id": True},
     "list_sessions": {"status": False, "limit": False},
     "list_outcomes": {"session_id": True},
@@ -105,10 +107,15 @@ def _envelope(request_id: str, op: str) -> str:
 
 
 def encode_save_session(request_id: str, session: LearningSession) -> bytes:
-    """Encode without re-parsing: the model's own JSON is spliced into the frame."""
-    if not isinstance(session, LearningSession):
-        raise InvalidRecord(f"save_session: expected LearningSession, got {type(session).__name__}")
-    return f'{_envelope(request_id, "save_session")},"session":{_model_json(session, "save_session")}}}'.encode()
+    """Check and convert as ``SessionStore.save_session`` does, then encode without
+    re-parsing: the model's own JSON is spliced into the frame.
+
+    The checks run here, not only in the daemon, because JSON would change some
+    values silently on the way (inf and NaN become null); and any LearningSession
+    with our fields (OpenJarvis's) is converted to ours by its fields.
+    """
+    _, body = wire_session(session)
+    return f'{_envelope(request_id, "save_session")},"session":{body}}}'.encode()
 
 
 def encode_save_outcome(
@@ -122,15 +129,15 @@ def encode_save_outcome(
     risk_tier: str,
     rationale: str,
 ) -> bytes:
-    session_id = checked_id(session_id, "session_id")
-    if not isinstance(outcome, EditOutcome):
-        raise InvalidRecord(f"save_outcome: expected EditOutcome, got {type(outcome).__name__}")
-    edit = checked_edit(pillar, op, target, risk_tier, rationale)
+    """Check and convert as ``SessionStore.save_outcome`` does (see :func:`encode_save_session`)."""
+    session_id, body, edit = wire_outcome(
+        session_id, outcome, pillar, op, target, risk_tier, rationale
+    )
     # Enum values need no escaping; the free strings go through the (Rust) JSON encoder.
     return (
         f"{_envelope(request_id, 'save_outcome')},"
         f'"session_id":{_json_str(session_id)},'
-        f'"outcome":{_model_json(outcome, "save_outcome")},'
+        f'"outcome":{body},'
         f'"edit":{{"pillar":"{edit.pillar}","op":"{edit.op}","target":{_json_str(edit.target)},'
         f'"risk_tier":"{edit.risk_tier}","rationale":{_json_str(edit.rationale)}}}}}'
     ).encode()
@@ -140,19 +147,21 @@ def _json_str(text: str) -> str:
     try:
         return to_json(text).decode()
     except ValueError as err:  # a lone surrogate: not text JSON can carry
-        raise InvalidRecord(f"{text!r:.60}: not valid Unicode text") from err
-
-
-def _model_json(model: BaseModel, what: str) -> str:
-    try:
-        return model.model_dump_json()
-    except ValueError as err:
-        raise InvalidRecord(f"{what}: cannot be encoded as JSON: {err}") from err
+        raise InvalidRecord(f"{shorten(text)}: not valid Unicode text") from err
 
 
 def encode_save_batch(request_id: str, saves: list[bytes]) -> bytes:
     """A save_batch frame around already-encoded save requests (no re-encoding)."""
     return _envelope(request_id, "save_batch").encode() + b',"saves":[' + b",".join(saves) + b"]}"
+
+
+def with_deadline(frame: bytes, deadline: float) -> bytes:
+    """A save frame (any ``encode_save_*`` result) carrying ``deadline``, Unix seconds.
+
+    Spliced before the closing brace, so the frame is not encoded again. On a
+    save_batch it is every item's deadline (an item's own, if earlier, wins).
+    """
+    return b'%s,"deadline":%s}' % (frame[:-1], repr(float(deadline)).encode())
 
 
 def encode_request(request_id: str, op: str, **params: Any) -> bytes:
@@ -198,18 +207,27 @@ def _decode_object(obj: Any, ops: frozenset[str] = OPS) -> Request:
     if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_ID_LENGTH:
         raise MalformedRequest(f"id: expected a string of 1-{MAX_ID_LENGTH} characters")
     if obj.get("v") != VERSION or isinstance(obj.get("v"), bool):
-        raise MalformedRequest(f"v: unsupported protocol version {obj.get('v')!r} (want {VERSION})")
+        raise MalformedRequest(
+            f"v: unsupported protocol version {shorten(obj.get('v'))} (want {VERSION})"
+        )
     op = obj.get("op")
     if not isinstance(op, str) or op not in ops:
-        raise MalformedRequest(f"op: unknown operation {op!r:.60}")
+        raise MalformedRequest(f"op: unknown operation {shorten(op)}")
     fields = _FIELDS[op]
     extra = set(obj) - {"v", "id", "op"} - set(fields)
     if extra:
-        raise MalformedRequest(f"{op}: unexpected field(s) {', '.join(sorted(extra))[:200]}")
+        raise MalformedRequest(f"{op}: unexpected field(s) {_names(extra)}")
     missing = [name for name, required in fields.items() if required and name not in obj]
     if missing:
         raise MalformedRequest(f"{op}: missing field(s) {', '.join(missing)}")
     return _DECODERS[op](request_id, op, obj)
+
+
+def _names(keys: set[str], most: int = 5) -> str:
+    """Unexpected keys for a message: a few, each shortened (a frame may carry thousands)."""
+    listed = sorted(keys)
+    shown = ", ".join(shorten(key, 40) for key in listed[:most])
+    return shown + (f" and {len(listed) - most} more" if len(listed) > most else "")
 
 
 def _reject_constant(name: str) -> Any:
@@ -219,13 +237,15 @@ def _reject_constant(name: str) -> Any:
 def _decode_save_session(request_id: str, op: str, obj: dict[str, Any]) -> Request:
     if not isinstance(obj["session"], dict):
         raise MalformedRequest("save_session: session must be a JSON object")
+    deadline = _deadline(obj, op)
     session = checked(LearningSession, obj["session"], "save_session")
     checked_id(session.id, "session.id")
-    return Request(request_id, op, write=SessionWrite(session, request_id))
+    return Request(request_id, op, write=SessionWrite(session, request_id, deadline))
 
 
 def _decode_save_outcome(request_id: str, op: str, obj: dict[str, Any]) -> Request:
     session_id = _string(obj, "session_id", op)
+    deadline = _deadline(obj, op)
     edit = obj["edit"]
     if not isinstance(obj["outcome"], dict):
         raise MalformedRequest("save_outcome: outcome must be a JSON object")
@@ -235,22 +255,30 @@ def _decode_save_outcome(request_id: str, op: str, obj: dict[str, Any]) -> Reque
         )
     if set(edit) - _EDIT_KEYS:
         raise MalformedRequest(
-            f"save_outcome: edit: unexpected field(s) {sorted(set(edit) - _EDIT_KEYS)}"
+            f"save_outcome: edit: unexpected field(s) {_names(set(edit) - _EDIT_KEYS)}"
         )
-    outcome = checked(EditOutcome, obj["outcome"], f"save_outcome for session {session_id!r}")
+    outcome = checked(
+        EditOutcome, obj["outcome"], f"save_outcome for session {shorten(session_id)}"
+    )
     checked_fields = checked_edit(
         edit["pillar"], edit["op"], edit["target"], edit["risk_tier"], edit.get("rationale", "")
     )
     return Request(
-        request_id, op, write=OutcomeWrite(session_id, outcome, checked_fields, request_id)
+        request_id,
+        op,
+        write=OutcomeWrite(session_id, outcome, checked_fields, request_id, deadline),
     )
 
 
 def _decode_save_batch(request_id: str, op: str, obj: dict[str, Any]) -> Request:
-    """Each item is a whole save request; a bad item fails alone, like a lone save would."""
+    """Each item is a whole save request; a bad item fails alone, like a lone save would.
+
+    The batch's deadline is each item's, unless the item carries an earlier one.
+    """
     saves = obj["saves"]
     if not isinstance(saves, list) or not 0 < len(saves) <= MAX_BATCH_ITEMS:
         raise MalformedRequest(f"save_batch: saves must be a list of 1-{MAX_BATCH_ITEMS} requests")
+    deadline = _deadline(obj, op)
     items = []
     for item in saves:
         item_id = item.get("id") if isinstance(item, dict) else None
@@ -258,6 +286,9 @@ def _decode_save_batch(request_id: str, op: str, obj: dict[str, Any]) -> Request
             item_id if isinstance(item_id, str) and 0 < len(item_id) <= MAX_ID_LENGTH else None
         )
         try:
+            if deadline is not None and isinstance(item, dict):
+                own = _deadline(item, "save_batch item")
+                item["deadline"] = deadline if own is None else min(own, deadline)
             items.append(BatchItem(item_id, write=_decode_object(item, SAVE_OPS).write))
         except SessionStoreError as err:
             items.append(BatchItem(item_id, error=err))
@@ -276,7 +307,7 @@ def _decode_list_sessions(request_id: str, op: str, obj: dict[str, Any]) -> Requ
         try:
             status = SessionStatus(status)
         except ValueError:
-            raise InvalidRecord(f"status: {status!r} is not a SessionStatus value") from None
+            raise InvalidRecord(f"status: {shorten(status)} is not a SessionStatus value") from None
     if limit is not None and (
         isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**63
     ):
@@ -294,6 +325,19 @@ def _decode_admin(request_id: str, op: str, obj: dict[str, Any]) -> Request:
         if flag in params and not isinstance(params[flag], bool):
             raise MalformedRequest(f"reconcile: {flag} must be true or false")
     return Request(request_id, op, params=params)
+
+
+def _deadline(obj: dict[str, Any], op: str) -> float | None:
+    """A save's optional deadline: a finite number of Unix seconds (NaN/inf never parse)."""
+    deadline = obj.get("deadline")
+    if deadline is None:
+        return None
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+        raise MalformedRequest(f"{op}: deadline must be a number (Unix time in seconds)")
+    try:
+        return float(deadline)
+    except OverflowError:  # an int too big for a float: later than any clock will read
+        return None
 
 
 def _string(obj: dict[str, Any], key: str, op: str) -> str:

@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sessionstore.errors import InvalidRecord, ReadOnlyStore
+from sessionstore.errors import InvalidRecord, ReadOnlyStore, shorten
 from sessionstore.filereading import SESSIONS_DIR, FileState, UnusableFile, inside, locate, one_line
 from sessionstore.models import EditOutcome, LearningSession
 from sessionstore.plans import (
@@ -345,7 +345,7 @@ class _Run:
         self._apply([writers[item.session.id] for item in ordered] + ready)
 
     def _parent_unknown(self, item: SessionFile) -> None:
-        self._invalid(item.rel, f"parent session {item.session.parent_session_id!r} unknown")
+        self._invalid(item.rel, f"parent session {shorten(item.session.parent_session_id)} unknown")
 
     def _apply(self, changes: list[_Change]) -> None:
         """One transaction for the slice's rows, then one each for upgraded placeholders,

@@ -1,35 +1,87 @@
-"""Conversions between the models and index rows, and validation at the library edge.
+"""Conversions between the models and index rows.
 
 The row shape is the original library's: enums as their values, datetimes as
-``isoformat()`` strings, nested objects as JSON text, paths as strings.
+``isoformat()`` strings, nested objects as JSON text, paths as strings. Rows are
+read back as :data:`OURS` (``sessionstore.models``) or, for a store or client made
+with ``models=``, as the caller's own classes (:func:`read_models`). What callers
+may pass in is checked in :mod:`sessionstore.inputs`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
+import importlib
 import json
-import math
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
+from types import ModuleType
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import from_json
 
-from sessionstore.errors import InvalidRecord
-from sessionstore.models import (
-    EditOp,
-    EditOutcome,
-    EditPillar,
-    EditRiskTier,
-    LearningSession,
-)
+from sessionstore.errors import ConfigError, InvalidRecord, shorten
+from sessionstore.models import EditOutcome, LearningSession
 
 M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadModels:
+    """The classes reads build: a session class and an outcome class with our fields."""
+
+    session: type[BaseModel]
+    outcome: type[BaseModel]
+    sessions: TypeAdapter[list[Any]]
+    outcomes: TypeAdapter[list[Any]]
+
+    @classmethod
+    def of(cls, session: type[BaseModel], outcome: type[BaseModel]) -> ReadModels:
+        return cls(session, outcome, TypeAdapter(list[session]), TypeAdapter(list[outcome]))  # type: ignore[valid-type]
+
+
+OURS = ReadModels.of(LearningSession, EditOutcome)
+
+
+def read_models(models: ModuleType | str | object | None) -> ReadModels:
+    """The classes reads should return: ``models.LearningSession`` and ``models.EditOutcome``.
+
+    ``models`` is a module (``openjarvis.learning.spec_search.models``), its dotted
+    name, or any object with those two attributes; None means ours. Both classes
+    must be pydantic models with exactly our fields, so a row validates into them
+    the way it validates into ours, and their ``==`` holds against records the
+    caller built itself.
+    """
+    if models is None:
+        return OURS
+    if isinstance(models, str):
+        try:
+            models = importlib.import_module(models)
+        except ImportError as err:
+            raise ConfigError(f"models: cannot import {models!r}: {err}") from None
+    classes = []
+    for name, ours in (("LearningSession", LearningSession), ("EditOutcome", EditOutcome)):
+        cls = getattr(models, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            raise ConfigError(f"models: {models!r:.80} has no pydantic model {name}")
+        if set(cls.model_fields) != set(ours.model_fields):
+            raise ConfigError(
+                f"models: {cls.__module__}.{name} has other fields than ours: "
+                f"{sorted(set(cls.model_fields) ^ set(ours.model_fields))}"
+            )
+        classes.append(cls)
+    return _read_models(classes[0], classes[1])
+
+
+@functools.lru_cache(maxsize=16)
+def _read_models(session: type[BaseModel], outcome: type[BaseModel]) -> ReadModels:
+    if (session, outcome) == (LearningSession, EditOutcome):
+        return OURS
+    return ReadModels.of(session, outcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,113 +93,6 @@ class OutcomeEdit:
     target: str
     risk_tier: str
     rationale: str = ""
-
-
-def describe_validation_error(what: str, err: ValidationError) -> str:
-    """One line naming each failing field: ``session 'x': teacher_cost_usd: ...``."""
-    parts = []
-    for item in err.errors()[:5]:
-        location = ".".join(str(p) for p in item["loc"]) or "(record)"
-        parts.append(f"{location}: {item['msg']}")
-    more = f" (+{err.error_count() - 5} more)" if err.error_count() > 5 else ""
-    return f"{what}: " + "; ".join(parts) + more
-
-
-def checked(model: type[M], value: object, what: str) -> M:
-    """Validate ``value`` (a model instance or a mapping) as ``model``, re-checking instances.
-
-    Instances are re-validated because pydantic does not validate assignment: a
-    session mutated after construction could otherwise carry a bad value into the index.
-    """
-    if isinstance(value, BaseModel) and not isinstance(value, model):
-        raise InvalidRecord(f"{what}: expected {model.__name__}, got {type(value).__name__}")
-    if isinstance(value, model):
-        value = value.model_dump()
-    elif not isinstance(value, dict):
-        raise InvalidRecord(f"{what}: expected {model.__name__}, got {type(value).__name__}")
-    try:
-        valid = model.model_validate(value)
-    except ValidationError as err:
-        raise InvalidRecord(describe_validation_error(what, err)) from err
-    _refuse_unstorable(value, what)
-    return valid
-
-
-MAX_NESTING = 64
-"""Deepest nesting of lists/objects a record may carry (trigger_metadata is free-form)."""
-
-
-def _refuse_unstorable(value: object, what: str, path: str = "", depth: int = 0) -> None:
-    """Refuse what validates but could not come back out of the index as it went in:
-    inf/NaN (JSON cannot carry them; SQLite turns NaN into NULL), strings that are not
-    valid Unicode (lone surrogates: SQLite cannot encode them), and nesting deep
-    enough to break serialisation later."""
-    where = path or "(value)"
-    if depth > MAX_NESTING:
-        raise InvalidRecord(f"{what}: {where}: nested deeper than {MAX_NESTING} levels")
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidRecord(f"{what}: {where}: {value} is not a finite number")
-    elif isinstance(value, str):
-        _refuse_unencodable(value, what, where)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            key_text = str(key)
-            _refuse_unencodable(key_text, what, where)
-            _refuse_unstorable(item, what, f"{path}.{key_text}" if path else key_text, depth + 1)
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _refuse_unstorable(item, what, f"{path}.{index}", depth + 1)
-
-
-def _refuse_unencodable(text: str, what: str, where: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise InvalidRecord(f"{what}: {where}: not valid Unicode text ({err.reason})") from None
-
-
-_ENUM_VALUES: dict[type[Enum], frozenset[str]] = {
-    enum: frozenset(member.value for member in enum)  # type: ignore[attr-defined]
-    for enum in (EditPillar, EditOp, EditRiskTier)
-}
-
-
-def _enum_value(enum: type[Enum], value: object, field: str) -> str:
-    # Checked on every save on both sides of the wire: a set lookup, not Enum(raw).
-    raw = value.value if isinstance(value, Enum) else value
-    if type(raw) is str and raw in _ENUM_VALUES[enum]:
-        return raw
-    if not isinstance(raw, str):
-        raise InvalidRecord(f"{field}: expected a string, got {type(value).__name__}")
-    try:
-        return str(enum(raw).value)
-    except ValueError:
-        allowed = ", ".join(m.value for m in enum)  # type: ignore[attr-defined]
-        raise InvalidRecord(f"{field}: {raw!r} is not one of {allowed}") from None
-
-
-def checked_edit(
-    pillar: object, op: object, target: object, risk_tier: object, rationale: object
-) -> OutcomeEdit:
-    """Validate the Edit fields passed to ``save_outcome`` (the original stored any string)."""
-    for name, value in (("target", target), ("rationale", rationale)):
-        if not isinstance(value, str):
-            raise InvalidRecord(f"{name}: expected a string, got {type(value).__name__}")
-    return OutcomeEdit(
-        pillar=_enum_value(EditPillar, pillar, "pillar"),
-        op=_enum_value(EditOp, op, "op"),
-        target=str(target),
-        risk_tier=_enum_value(EditRiskTier, risk_tier, "risk_tier"),
-        rationale=str(rationale),
-    )
-
-
-def checked_id(value: object, field: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidRecord(f"{field}: expected a non-empty string, got {value!r:.60}")
-    _refuse_unencodable(value, field, "(id)")
-    return value
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -229,7 +174,7 @@ def json_text(text: Any) -> Any:
     return json.loads(text)
 
 
-def _session_fields(row: Sequence[Any], outcomes: list[EditOutcome]) -> dict[str, Any]:
+def _session_fields(row: Sequence[Any], outcomes: list[Any]) -> dict[str, Any]:
     return {
         "id": row[0],
         "parent_session_id": row[1],
@@ -251,13 +196,15 @@ def _session_fields(row: Sequence[Any], outcomes: list[EditOutcome]) -> dict[str
     }
 
 
-def session_from_row(row: Sequence[Any], outcomes: list[EditOutcome]) -> LearningSession:
+def session_from_row(
+    row: Sequence[Any], outcomes: list[Any], models: ReadModels = OURS
+) -> LearningSession:
     """Rebuild a session from its row; a row that does not validate names its id."""
     try:
-        return LearningSession.model_validate(_session_fields(row, outcomes))
+        return models.session.model_validate(_session_fields(row, outcomes))  # type: ignore[return-value]
     except (ValidationError, ValueError) as err:
         raise InvalidRecord(
-            f"index row for session {row[0]!r} is not a valid session: {err}"
+            f"index row for session {shorten(row[0])} is not a valid session: {err}"
         ) from err
 
 
@@ -272,21 +219,19 @@ def _outcome_fields(row: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def outcome_from_row(row: Sequence[Any]) -> EditOutcome:
+def outcome_from_row(row: Sequence[Any], models: ReadModels = OURS) -> EditOutcome:
     """``row`` is (edit_id, status, benchmark_delta, cluster_deltas, error, applied_at, ...).
 
     Columns after the sixth are ignored, so a listing can carry the session id last.
     """
     try:
-        return EditOutcome.model_validate(_outcome_fields(row))
+        return models.outcome.model_validate(_outcome_fields(row))  # type: ignore[return-value]
     except (ValidationError, ValueError) as err:
         raise InvalidRecord(
-            f"index row for outcome {row[0]!r} is not a valid outcome: {err}"
+            f"index row for outcome {shorten(row[0])} is not a valid outcome: {err}"
         ) from err
 
 
-_OUTCOME_LIST: TypeAdapter[list[EditOutcome]] = TypeAdapter(list[EditOutcome])
-_SESSION_LIST: TypeAdapter[list[LearningSession]] = TypeAdapter(list[LearningSession])
 VALIDATE_CHUNK = 256
 """Rows per pydantic-core call. One call holds the GIL throughout; in the daemon a
 reader thread lists while the loop commits, and a whole listing in one call would
@@ -302,7 +247,9 @@ def _validate_chunked(adapter: TypeAdapter[list[M]], items: list[dict[str, Any]]
     return valid
 
 
-def outcomes_from_rows(rows: Sequence[Sequence[Any]]) -> list[EditOutcome]:
+def outcomes_from_rows(
+    rows: Sequence[Sequence[Any]], models: ReadModels = OURS
+) -> list[EditOutcome]:
     """:func:`outcome_from_row` for many rows, with the same results and the same errors.
 
     The rows are validated as ``list[EditOutcome]`` in pydantic-core calls of
@@ -313,13 +260,15 @@ def outcomes_from_rows(rows: Sequence[Sequence[Any]]) -> list[EditOutcome]:
     is exactly the per-row one, naming the first bad row's edit id.
     """
     try:
-        return _validate_chunked(_OUTCOME_LIST, [_outcome_fields(row) for row in rows])
+        return _validate_chunked(models.outcomes, [_outcome_fields(row) for row in rows])
     except Exception:  # redone row by row, which raises the precise error
-        return [outcome_from_row(row) for row in rows]
+        return [outcome_from_row(row, models) for row in rows]
 
 
 def sessions_from_rows(
-    rows: Sequence[Sequence[Any]], outcome_rows: Sequence[Sequence[Any]]
+    rows: Sequence[Sequence[Any]],
+    outcome_rows: Sequence[Sequence[Any]],
+    models: ReadModels = OURS,
 ) -> list[LearningSession]:
     """Sessions from their rows, each given its outcomes from ``outcome_rows``.
 
@@ -327,16 +276,16 @@ def sessions_from_rows(
     column; each session's outcomes keep their order in ``outcome_rows``.
     """
     by_session: dict[str, list[EditOutcome]] = {row[0]: [] for row in rows}
-    for outcome, row in zip(outcomes_from_rows(outcome_rows), outcome_rows, strict=True):
+    for outcome, row in zip(outcomes_from_rows(outcome_rows, models), outcome_rows, strict=True):
         by_session[row[-1]].append(outcome)
     # Validated in bulk like the outcomes (15% of a listing's time, measured); on any
     # failure, row by row for the precise error.
     try:
         return _validate_chunked(
-            _SESSION_LIST, [_session_fields(row, by_session[row[0]]) for row in rows]
+            models.sessions, [_session_fields(row, by_session[row[0]]) for row in rows]
         )
     except Exception:  # redone row by row, which raises the precise error
-        return [session_from_row(row, by_session[row[0]]) for row in rows]
+        return [session_from_row(row, by_session[row[0]], models) for row in rows]
 
 
 _gc_pause = threading.Lock()

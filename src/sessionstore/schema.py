@@ -111,10 +111,18 @@ _V3_RECONCILE_FILES = [
 ) WITHOUT ROWID""",
 ]
 
+# Version 4: a digest of each applied save's content, so the same request id with other
+# content is refused instead of acknowledged as a duplicate. Ids applied before it have
+# NULL there (see batch._same_save); they age out after request_id_retention.
+_V4_REQUEST_DIGESTS = [
+    "ALTER TABLE applied_requests ADD COLUMN digest BLOB",
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, _V1_ORIGINAL),
     (2, _V2_APPLIED_REQUESTS),
     (3, _V3_RECONCILE_FILES),
+    (4, _V4_REQUEST_DIGESTS),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

@@ -3,7 +3,7 @@
 A session.json is read as :mod:`sessionstore.filereading` reads any authoritative
 file: JSON that is not standard JSON (``NaN``, ``Infinity``, numbers overflowing a
 float) is refused, since the index cannot store non-finite values faithfully. A
-session is then checked exactly as a save is (:func:`sessionstore.records.checked`,
+session is then checked exactly as a save is (:func:`sessionstore.inputs.checked`,
 which also refuses nesting deeper than ``MAX_NESTING``), so reconcile never indexes
 what ``save_session`` would refuse. :func:`parents_first` orders what was read so
 that each parent's row is written before its children's. Nothing here reports:
@@ -17,10 +17,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sessionstore.errors import InvalidRecord
+from sessionstore.errors import InvalidRecord, shorten
 from sessionstore.filereading import SESSIONS_DIR, UnusableFile, parse_json, read_bytes, settled
+from sessionstore.inputs import checked
 from sessionstore.models import LearningSession
-from sessionstore.records import checked
 
 SESSION_FILE = "session.json"
 
@@ -74,7 +74,7 @@ def read_session(path: str, name: str) -> SessionFile:
     data, st = read_bytes(path)
     session = _storable_session(parse_json(data))
     if session.id != name:
-        raise UnusableFile(f"id {session.id!r} does not match directory {name!r}")
+        raise UnusableFile(f"id {shorten(session.id)} does not match directory {shorten(name)}")
     return SessionFile(name, session_rel(name), session, st.st_size, st.st_mtime_ns, settled(st))
 
 

@@ -18,10 +18,9 @@ import sqlite3
 import threading
 from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 from urllib.parse import quote
-
-from pydantic import BaseModel
 
 from sessionstore import schema
 from sessionstore.batch import (
@@ -31,19 +30,14 @@ from sessionstore.batch import (
     WriteResult,
     apply_writes,
 )
-from sessionstore.errors import (
-    InvalidRecord,
-    ReadOnlyStore,
-    StorageFailure,
-)
+from sessionstore.errors import ReadOnlyStore, StorageFailure
+from sessionstore.inputs import listing_args, query_id, valid_outcome, valid_session
 from sessionstore.maintenance import CheckpointResult, IndexMaintenance
 from sessionstore.models import EditOutcome, LearningSession, SessionStatus
 from sessionstore.records import (
-    checked,
-    checked_edit,
-    checked_id,
     gc_paused,
     outcomes_from_rows,
+    read_models,
     session_from_row,
     sessions_from_rows,
 )
@@ -63,6 +57,12 @@ class SessionStore(IndexMaintenance):
 
     ``readonly=True`` opens the file with ``mode=ro`` for analytics processes: reads
     work, and every write raises :class:`ReadOnlyStore` before touching the file.
+
+    Saves take any ``LearningSession`` / ``EditOutcome`` with our fields, OpenJarvis's
+    included. Reads return ``sessionstore.models`` objects, or with ``models=`` (a
+    module such as ``openjarvis.learning.spec_search.models``, or its name) that
+    module's ``LearningSession`` and ``EditOutcome``, so the original's own checks,
+    ``store.get_session(s.id) == s`` among them, hold for the caller's objects.
     """
 
     def __init__(
@@ -72,8 +72,10 @@ class SessionStore(IndexMaintenance):
         readonly: bool = False,
         durability: Durability = "full",
         busy_timeout: float = 5.0,
+        models: ModuleType | str | None = None,
     ) -> None:
-        self._db_path = Path(db_path)
+        self._models = read_models(models)
+        self._db_path = Path(db_path).expanduser()  # "~/..." as a shell would read it
         self._readonly = readonly
         self._lock = threading.RLock()
         try:
@@ -131,10 +133,7 @@ class SessionStore(IndexMaintenance):
     def save_session(self, session: LearningSession, *, request_id: str | None = None) -> None:
         """Insert or update a session (a true upsert: its outcomes survive the re-save)."""
         self._require_writable("save_session")
-        _require_model(LearningSession, session, "save_session")
-        valid = checked(LearningSession, session, "save_session")
-        checked_id(valid.id, "id")
-        self._apply_single(SessionWrite(valid, request_id))
+        self._apply_single(SessionWrite(valid_session(session), request_id))
 
     def save_outcome(
         self,
@@ -154,20 +153,22 @@ class SessionStore(IndexMaintenance):
         is remembered in the database, so this holds across restarts too.
         """
         self._require_writable("save_outcome")
-        sid = checked_id(session_id, "session_id")
-        _require_model(EditOutcome, outcome, "save_outcome")
-        valid = checked(EditOutcome, outcome, f"save_outcome for session {sid!r}")
-        edit = checked_edit(pillar, op, target, risk_tier, rationale)
+        sid, valid, edit = valid_outcome(
+            session_id, outcome, pillar, op, target, risk_tier, rationale
+        )
         self._apply_single(OutcomeWrite(sid, valid, edit, request_id))
 
     def get_session(self, session_id: str) -> LearningSession | None:
         """The session with this id and its outcomes, or None."""
+        sid = query_id(session_id)
+        if sid is None:
+            return None
         with self._read_transaction():
-            row = self._read(f"{_SESSION_SELECT} WHERE id = ?", (session_id,)).fetchone()
+            row = self._read(f"{_SESSION_SELECT} WHERE id = ?", (sid,)).fetchone()
             if row is None:
                 return None
-            outcome_rows = self._outcome_rows(session_id)
-        return session_from_row(row, outcomes_from_rows(outcome_rows))
+            outcome_rows = self._outcome_rows(sid)
+        return session_from_row(row, outcomes_from_rows(outcome_rows, self._models), self._models)
 
     def list_sessions(
         self, status: SessionStatus | None = None, limit: int | None = None
@@ -176,7 +177,7 @@ class SessionStore(IndexMaintenance):
         where, order, params = _listing_query(status, limit)
         with gc_paused():  # ~100k objects allocated and none freed: see gc_paused
             rows, outcome_rows = self._fetch_listing(where, order, params)
-            return sessions_from_rows(rows, outcome_rows)
+            return sessions_from_rows(rows, outcome_rows, self._models)
 
     def iter_sessions(
         self, status: SessionStatus | None = None, limit: int | None = None, *, chunk: int = 256
@@ -198,7 +199,7 @@ class SessionStore(IndexMaintenance):
                     f"WHERE session_id IN ({marks}) ORDER BY session_id, id",
                     [row[0] for row in rows],
                 ).fetchall()
-                yield sessions_from_rows(rows, outcome_rows)
+                yield sessions_from_rows(rows, outcome_rows, self._models)
 
     def _fetch_listing(
         self, where: str, order: str, params: list[object]
@@ -233,9 +234,12 @@ class SessionStore(IndexMaintenance):
 
     def list_outcomes(self, session_id: str) -> list[EditOutcome]:
         """All outcomes of a session in insertion order ([] for an unknown id)."""
+        sid = query_id(session_id)
+        if sid is None:
+            return []
         with self._lock:
-            rows = self._outcome_rows(session_id)
-        return outcomes_from_rows(rows)
+            rows = self._outcome_rows(sid)
+        return outcomes_from_rows(rows, self._models)
 
     def _outcome_rows(self, session_id: str) -> list[Any]:
         return self._read(
@@ -315,11 +319,18 @@ class SessionStore(IndexMaintenance):
 
     def _write_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
         """Run ``sql`` once per row in one write transaction; the maintenance writes use it."""
+        return self._write_statements([(sql, rows)])
+
+    def _write_statements(self, statements: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]) -> int:
+        """Run each (sql, rows) pair, each sql once per row, all in one write transaction;
+        returns the rows the last statement changed."""
         self._check_file_identity()
         conn = self._conn
+        changed = 0
         try:
             conn.execute("BEGIN IMMEDIATE")
-            changed = conn.executemany(sql, rows).rowcount
+            for sql, rows in statements:
+                changed = conn.executemany(sql, rows).rowcount
             conn.execute("COMMIT")
         except sqlite3.Error as err:
             self._rollback()
@@ -329,26 +340,16 @@ class SessionStore(IndexMaintenance):
 
 def _listing_query(status: object, limit: object) -> tuple[str, str, list[object]]:
     """The WHERE and ORDER/LIMIT clauses of a listing, and their parameters; bad values raise."""
+    status_value, count = listing_args(status, limit)
     where, params = "", list[object]()
-    if status is not None:
+    if status_value is not None:
         where = " WHERE status = ?"
-        try:
-            params.append(SessionStatus(status).value)
-        except ValueError:
-            raise InvalidRecord(f"status: {status!r} is not a SessionStatus value") from None
+        params.append(status_value)
     order = " ORDER BY started_at DESC"
-    if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**63:
-            raise InvalidRecord(f"limit: expected a non-negative integer, got {limit!r}")
+    if count is not None:
         order += " LIMIT ?"
-        params.append(limit)
+        params.append(count)
     return where, order, params
-
-
-def _require_model(model: type[BaseModel], value: object, action: str) -> None:
-    """Refuse a dict where a model is expected, as SessionStoreClient does (drop-in parity)."""
-    if not isinstance(value, model):
-        raise InvalidRecord(f"{action}: expected {model.__name__}, got {type(value).__name__}")
 
 
 # The write types are the store's interface too (the daemon builds them); they live in batch.

@@ -87,18 +87,87 @@ GUARANTEES: tuple[Guarantee, ...] = (
             ),
             Mutation(
                 "set_wise_path_ignores_applied_ids",
-                "a batch of outcome saves is inserted whole, ids applied before included",
+                "a batch of outcome saves inserts the rows of ids applied before too",
                 "src/sessionstore/batch.py",
                 (
                     (
-                        "    fresh = [w for w in outcome_writes if w.request_id not in seen]\n",
-                        "    fresh = list(outcome_writes)\n",
+                        "        rows = [row for row, dup in zip(rows, duplicates, strict=True) if not dup]\n",
+                        "        pass\n",
                     ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="A save reported failed is not applied later.",
+        tests=(
+            "tests/test_retries.py::test_saves_reported_failed_while_the_daemon_was_stopped_are_not_applied_later",
+            "tests/test_retries.py::test_a_save_that_waits_past_its_deadline_for_the_write_lock_is_refused",
+            "tests/test_retries.py::test_an_expired_save_is_refused_with_its_own_code_and_leaves_its_id_unused",
+        ),
+        mutations=(
+            Mutation(
+                "deadlines_ignored",
+                "the daemon applies a save whatever its deadline",
+                "src/sessionstore/batch.py",
+                (
                     (
-                        '        "INSERT INTO applied_requests (request_id, op, applied_at) '
-                        "VALUES (?, 'save_outcome', ?)\",\n",
-                        '        "INSERT OR IGNORE INTO applied_requests (request_id, op, applied_at) '
-                        "VALUES (?, 'save_outcome', ?)\",\n",
+                        "    expired = [w.deadline is not None and w.deadline <= now for w in writes]\n",
+                        "    expired = [False for w in writes]\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "client_sends_no_deadline",
+                "the client sends its saves without a deadline",
+                "src/sessionstore/client.py",
+                (
+                    (
+                        "            self._call(rid, protocol.with_deadline(frame, retries.save_deadline(self.timeout)))\n",
+                        "            self._call(rid, frame)\n",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="A failed save can be retried exactly once.",
+        tests=(
+            "tests/test_retries.py::test_saves_reported_failed_while_the_daemon_was_stopped_are_not_applied_later",
+            "tests/test_retries.py::test_a_save_without_deadline_is_applied_late_and_its_retry_is_a_duplicate",
+            "tests/test_retries.py::test_a_client_that_still_waits_when_its_save_expires_gets_deadline_expired",
+        ),
+        mutations=(
+            Mutation(
+                "failed_save_names_no_id",
+                "a save that timed out does not say which request id to retry with",
+                "src/sessionstore/client.py",
+                (
+                    (
+                        "                unknown_request_ids=(rid,),\n",
+                        "                unknown_request_ids=(),\n",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="A request id names one save.",
+        tests=(
+            "tests/test_retries.py::test_reused_request_id_with_other_content_is_refused_never_acknowledged",
+            "tests/test_retries.py::test_direct_and_daemon_saves_agree_on_what_the_same_save_is",
+            "tests/test_retries.py::test_index_at_schema_3_migrates_and_its_ids_without_digest_stay_duplicates",
+            "tests/test_store.py::test_large_outcome_batches_give_the_same_results_as_one_by_one",
+        ),
+        mutations=(
+            Mutation(
+                "digest_not_compared",
+                "any save under an applied id is taken for a duplicate of it",
+                "src/sessionstore/batch.py",
+                (
+                    (
+                        "    return applied_op == op and (applied_digest is None or applied_digest == digest)\n",
+                        "    return applied_op == op\n",
                     ),
                 ),
             ),
@@ -268,6 +337,7 @@ GUARANTEES: tuple[Guarantee, ...] = (
             "tests/test_access.py::test_learning_root_index_and_socket_are_owner_only_whatever_the_umask",
             "tests/test_access.py::test_socket_mode_setting_admits_the_daemons_group_and_nobody_else",
             "tests/test_access.py::test_curve_client_with_an_unknown_key_is_refused_and_logged",
+            "tests/test_ownership.py::test_an_index_made_0644_by_the_original_library_is_made_owner_only_with_its_side_files",
         ),
         mutations=(
             Mutation(
@@ -279,14 +349,113 @@ GUARANTEES: tuple[Guarantee, ...] = (
             Mutation(
                 "socket_mode_not_applied",
                 "the ipc socket keeps the mode it was created with",
-                "service/sessiond/daemon.py",
-                (("        os.chmod(socket_path, settings.socket_mode)  #", "        pass  #"),),
+                "service/sessiond/connections.py",
+                (
+                    (
+                        "            os.chmod(path, self._settings.socket_mode)  #",
+                        "            pass  #",
+                    ),
+                ),
+            ),
+            Mutation(
+                "inherited_index_modes_kept",
+                "an index made 0644 by the original library keeps its mode, and its side files theirs",
+                "src/sessionstore/filemodes.py",
+                (("        os.chmod(path, mode & 0o700)\n", "        pass\n"),),
             ),
             Mutation(
                 "any_curve_key_admitted",
                 "a CURVE client with any key is served",
                 "service/sessiond/security.py",
                 (("        allowed = key in self.keys\n", "        allowed = True\n"),),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="The number of connections never kills the daemon.",
+        tests=(
+            "tests/test_limits.py::test_more_connections_than_the_open_files_limit_never_kill_the_daemon",
+            "tests/test_limits.py::test_the_soft_open_files_limit_is_raised_to_the_hard_limit_at_start",
+        ),
+        mutations=(
+            Mutation(
+                "never_stops_listening",
+                "the daemon goes on accepting connections at capacity",
+                "service/sessiond/connections.py",
+                (
+                    (
+                        "        if self._listening and count >= self.capacity.connections:\n",
+                        "        if False:\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "soft_open_files_limit_kept",
+                "the daemon keeps the soft open-files limit it was started with",
+                "service/sessiond/limits.py",
+                (
+                    (
+                        "    if soft != resource.RLIM_INFINITY and soft < target:\n",
+                        "    if False:\n",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="One run of each job at a time.",
+        tests=(
+            "tests/test_limits.py::test_integrity_requests_share_one_run_and_start_no_thread_each",
+            "tests/test_limits.py::test_reconcile_requests_share_a_run_asked_with_the_same_parameters_only",
+            "tests/test_limits.py::test_a_request_while_a_scheduled_run_is_going_is_refused_unavailable_not_run_beside_it",
+            "tests/test_limits.py::test_a_scheduled_run_that_comes_due_during_a_requested_run_is_skipped",
+        ),
+        mutations=(
+            Mutation(
+                "every_request_starts_a_run",
+                "a request for a job that is running starts another run beside it",
+                "service/sessiond/job_runs.py",
+                (
+                    (
+                        "            run = self._runs.get(name)\n            if run is None:\n",
+                        "            run = self._runs.get(name)\n            if True:\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "scheduled_run_beside_a_running_one",
+                "a scheduled run starts while the same job runs",
+                "service/sessiond/job_runs.py",
+                (("            if name in self._runs:\n                return None\n", ""),),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="One daemon per index file and per address.",
+        tests=(
+            "tests/test_ownership.py::test_a_second_daemon_on_the_index_under_another_name_is_refused_naming_the_first",
+            "tests/test_ownership.py::test_rebuild_through_a_hard_link_is_refused_while_the_daemon_runs",
+            "tests/test_ownership.py::test_a_second_daemon_at_the_same_address_is_refused_and_the_first_keeps_serving",
+            "tests/test_ownership.py::test_a_stale_socket_file_is_replaced_and_a_foreign_listener_is_named",
+            "tests/test_ownership.py::test_a_file_that_is_not_a_socket_is_never_removed",
+        ),
+        mutations=(
+            Mutation(
+                "index_locked_by_name_only",
+                "only <index>.lock is locked, so another name for the same file gets past it",
+                "src/sessionstore/lock.py",
+                (
+                    (
+                        "                if not _try_lock(fd):\n                    raise self._busy(\n                        _flock_holder(fd),\n",
+                        "                if False:\n                    raise self._busy(\n                        _flock_holder(fd),\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "socket_file_taken_unprobed",
+                "an existing socket file is removed without asking whether a daemon listens there",
+                "service/sessiond/address.py",
+                (("    pid = _listener_pid(path)\n", "    pid = None\n"),),
             ),
         ),
     ),
@@ -326,6 +495,7 @@ GUARANTEES: tuple[Guarantee, ...] = (
         tests=(
             "tests/test_service.py::test_a_stalled_loop_stops_the_watchdog_pings_and_they_resume_when_it_moves",
             "tests/test_service.py::test_watchdog_keeps_pinging_while_the_daemon_is_busy",
+            "tests/test_systemd_units.py::test_watchdog_restarts_a_stopped_daemon_and_acknowledged_saves_survive",
         ),
         mutations=(
             Mutation(
@@ -353,6 +523,54 @@ GUARANTEES: tuple[Guarantee, ...] = (
                 "the loop never sends WATCHDOG=1",
                 "service/sessiond/daemon.py",
                 (("            self._notifier.watchdog()\n", "            pass\n"),),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="Both units work under a real systemd manager.",
+        tests=(
+            "tests/test_systemd_units.py::test_start_returns_once_ready_and_a_save_is_acknowledged",
+            "tests/test_systemd_units.py::test_socket_admits_its_owner_or_group_and_refuses_anyone_else",
+            "tests/test_systemd_units.py::test_unit_raises_the_open_file_limit_for_many_clients",
+            "tests/test_systemd_units.py::test_status_text_carries_the_status_line_and_follows_saves",
+            "tests/test_systemd_units.py::test_journal_gets_priorities_warning_shows_rejections_not_routine",
+            "tests/test_systemd_units.py::test_stop_under_write_load_is_clean_and_keeps_every_acknowledged_save",
+            "tests/test_systemd_units.py::test_filter_allows_every_system_call_the_daemon_makes",
+        ),
+        mutations=(
+            Mutation(
+                "system_unit_denies_sched_setscheduler",
+                "the system unit's filter refuses the call libzmq makes for each of its threads",
+                "systemd/sessionstore.service",
+                (("\nSystemCallFilter=sched_setscheduler\n", "\n"),),
+            ),
+            Mutation(
+                "user_unit_denies_sched_setscheduler",
+                "the user unit's filter refuses the call libzmq makes for each of its threads",
+                "systemd/sessionstore-user.service",
+                (("\nSystemCallFilter=sched_setscheduler\n", "\n"),),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="A reload never stops the daemon.",
+        tests=(
+            "tests/test_reload.py::test_sighup_applies_log_level_and_names_what_needs_a_restart",
+            "tests/test_reload.py::test_sighup_with_an_invalid_file_keeps_the_settings_and_serving",
+            "tests/test_reload.py::test_sighup_storm_never_stops_the_daemon",
+            "tests/test_systemd_units.py::test_reload_rereads_settings_and_keeps_serving",
+        ),
+        mutations=(
+            Mutation(
+                "sighup_not_handled",
+                "SIGHUP keeps its default action: the daemon dies",
+                "service/sessiond/daemon.py",
+                (
+                    (
+                        "    previous_hangup = signal.signal(signal.SIGHUP, on_hangup)\n",
+                        "    previous_hangup = signal.getsignal(signal.SIGHUP)\n",
+                    ),
+                ),
             ),
         ),
     ),

@@ -8,12 +8,14 @@
 The tree (tracked and untracked files, as they are now) is copied to a scratch
 directory. The rows' tests first run there unchanged and must pass: a mutation
 that fails tests which already failed proves nothing. Then each mutation of
-``catalog.GUARANTEES`` is applied to the copy, its row's tests run with ``-x``
+``catalog.GUARANTEES`` is applied to the copy, its row's tests run
 (imports come from the copy: ``PYTHONPATH`` wins over the editable install), and
 the file is restored. A mutation is *killed* when a test fails, *survives* when
 every test passes; a run that errs otherwise (a collection error, a crash of
 pytest itself) means the mutation or the tests are broken, and fails the check
-too. Exit status 0 only when every mutation was killed.
+too. A row that names a test which none of its mutations makes fail names a test
+that proves nothing of it: that fails the check as well. Exit status 0 only when
+every mutation was killed and every named test killed one.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +86,7 @@ def apply(tree: Path, mutation: Mutation) -> str:
     return original
 
 
-def run_tests(tree: Path, tests: tuple[str, ...], stop_at_first: bool) -> tuple[int, str, float]:
+def run_tests(tree: Path, tests: tuple[str, ...]) -> tuple[int, str, float]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(tree / "src"), str(tree / "service")]),
@@ -91,8 +94,6 @@ def run_tests(tree: Path, tests: tuple[str, ...], stop_at_first: bool) -> tuple[
     }
     env.pop("SESSIONSTORE_LONG_TESTS", None)
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
-    if stop_at_first:
-        command.insert(4, "-x")
     started = time.monotonic()
     try:
         done = subprocess.run(
@@ -109,13 +110,15 @@ def run_tests(tree: Path, tests: tuple[str, ...], stop_at_first: bool) -> tuple[
 
 
 def failed_tests(output: str) -> list[str]:
-    return sorted(set(re.findall(r"^(?:FAILED|ERROR) (\S+)", output, re.MULTILINE)))
+    """The failed tests' node ids, parameters dropped (``test_x[user]`` is ``test_x``)."""
+    failed = re.findall(r"^(?:FAILED|ERROR) ([^\s\[]+)", output, re.MULTILINE)
+    return sorted(set(failed))
 
 
 def mutate(tree: Path, guarantee: Guarantee, mutation: Mutation) -> Outcome:
     original = apply(tree, mutation)
     try:
-        code, output, seconds = run_tests(tree, guarantee.tests, stop_at_first=True)
+        code, output, seconds = run_tests(tree, guarantee.tests)
     finally:
         (tree / mutation.path).write_text(original)
     failed = failed_tests(output)
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = {g.title: g for g, _ in plan}
         tests = tuple(dict.fromkeys(t for g in rows.values() for t in g.tests))
         say(f"baseline: {len(tests)} test(s) of {len(rows)} row(s), unmutated")
-        code, output, seconds = run_tests(tree, tests, stop_at_first=False)
+        code, output, seconds = run_tests(tree, tests)
         if code != 0:
             say(output[-4000:])
             say(f"baseline FAILED in {seconds:.0f}s: fix the tests before mutating")
@@ -171,13 +174,28 @@ def main(argv: list[str] | None = None) -> int:
             if outcome.verdict == "error":
                 say(outcome.detail)
     survivors = [o for o in outcomes if o.verdict != "killed"]
+    whole_rows = [g for g in rows.values() if all((g, m) in plan for m in g.mutations)]
+    idle = idle_tests(whole_rows, outcomes)
     if args.json:
-        print(json.dumps([o.__dict__ for o in outcomes], indent=2))
+        print(
+            json.dumps({"mutations": [o.__dict__ for o in outcomes], "idle_tests": idle}, indent=2)
+        )
     say(
         f"{len(outcomes) - len(survivors)} of {len(outcomes)} mutations killed"
         + (f"; not killed: {', '.join(o.mutation for o in survivors)}" if survivors else "")
     )
-    return 1 if survivors else 0
+    for row, test in idle:
+        say(f"'{row}' names {test}, which none of its mutations made fail")
+    return 1 if survivors or idle else 0
+
+
+def idle_tests(rows: Iterable[Guarantee], outcomes: list[Outcome]) -> list[tuple[str, str]]:
+    """(row, test) for each named test that no mutation of its row made fail."""
+    idle = []
+    for guarantee in rows:
+        killers = {t for o in outcomes if o.guarantee == guarantee.title for t in o.killed_by}
+        idle += [(guarantee.title, test) for test in guarantee.tests if test not in killers]
+    return idle
 
 
 if __name__ == "__main__":

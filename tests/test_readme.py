@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from environment import missing
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -68,7 +69,12 @@ def blocks_of(section: str, language: str) -> list[str]:
 
 def test_every_runnable_block_is_run_here() -> None:
     """A new sh or python block must be run below, or say why not."""
-    run = {"Install and run", "Quick start: a daemon, two writers, one reader", "Use from Python"}
+    run = {
+        "Install and run",
+        "Quick start: a daemon, two writers, one reader",
+        "Use from Python",
+        "Use it from OpenJarvis",
+    }
     for block in readme_blocks():
         if block.language in {"sh", "python"} and not block.skipped:
             assert block.section in run, f"a block in '{block.section}' is run by no test"
@@ -165,6 +171,20 @@ def test_install_quick_start_and_python_blocks_run_as_pasted(
     )
     output = run_shell(script, checkout, env, timeout=120)
     assert "executing" in output
+
+
+def test_the_openjarvis_block_runs_as_pasted() -> None:
+    """Run with this interpreter: the released openjarvis is installed beside the tests."""
+    try:
+        import openjarvis.learning.spec_search.models  # noqa: F401
+    except ImportError as err:
+        missing(f"openjarvis 1.0.4 is not installed ({err}); .ci/run installs it")
+    (block,) = blocks_of("Use it from OpenJarvis", "python")
+    namespace: dict[str, object] = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    store = namespace["session_store"]
+    assert type(store).__name__ == "SessionStoreClient"
+    store.close()  # type: ignore[attr-defined]
 
 
 def test_configuration_reference_in_the_docs_is_the_generated_one() -> None:

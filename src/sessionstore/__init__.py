@@ -10,6 +10,17 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from sessionstore.client import SessionStoreClient
+from sessionstore.models import (
+    AutonomyMode,
+    BenchmarkSnapshot,
+    EditOp,
+    EditOutcome,
+    EditPillar,
+    EditRiskTier,
+    LearningSession,
+    SessionStatus,
+    TriggerKind,
+)
 from sessionstore.store import SessionStore
 
 try:
@@ -17,4 +28,17 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["SessionStore", "SessionStoreClient", "__version__"]
+__all__ = [
+    "AutonomyMode",
+    "BenchmarkSnapshot",
+    "EditOp",
+    "EditOutcome",
+    "EditPillar",
+    "EditRiskTier",
+    "LearningSession",
+    "SessionStatus",
+    "SessionStore",
+    "SessionStoreClient",
+    "TriggerKind",
+    "__version__",
+]

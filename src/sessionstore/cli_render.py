@@ -381,7 +381,7 @@ def config_reference() -> list[dict[str, Any]]:
 
 
 def config_reference_markdown() -> str:
-    """The Markdown settings table in the README, made from the settings model itself."""
+    """The Markdown settings table of docs/configuration.md, made from the settings model."""
     lines = ["| key | env var | default | meaning |", "|---|---|---|---|"]
     for entry in config_reference():
         default = entry["default"]

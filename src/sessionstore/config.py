@@ -4,8 +4,8 @@ The TOML file is ``--config``, else ``$SESSIONSTORE_CONFIG``, else
 ``$OPENJARVIS_HOME/learning/sessiond.toml`` when it exists. Environment variables
 are ``SESSIONSTORE_<NAME>`` (``SESSIONSTORE_BATCH_MAX=256``, any case); one that
 names no setting is warned about, with the setting it was probably meant to be.
-Every default lives here and nowhere else; the README's configuration reference
-is generated from the same field descriptions (``sessionstore config --reference``).
+Every default lives here and nowhere else; docs/configuration.md's reference
+table is generated from the same field descriptions (``sessionstore config --reference``).
 A ``~`` in any path setting, and in an ``ipc://`` address, is the user's home.
 """
 

@@ -134,7 +134,6 @@ GUARANTEES: tuple[Guarantee, ...] = (
         title="A failed save can be retried exactly once.",
         tests=(
             "tests/test_retries.py::test_saves_reported_failed_while_the_daemon_was_stopped_are_not_applied_later",
-            "tests/test_retries.py::test_a_save_without_deadline_is_applied_late_and_its_retry_is_a_duplicate",
             "tests/test_retries.py::test_a_client_that_still_waits_when_its_save_expires_gets_deadline_expired",
         ),
         mutations=(
@@ -229,6 +228,17 @@ GUARANTEES: tuple[Guarantee, ...] = (
                 "a request with fields its op does not define is served",
                 "src/sessionstore/protocol.py",
                 (("    if extra:\n", "    if extra and False:\n"),),
+            ),
+            Mutation(
+                "edit_fields_unchecked",
+                "any string is stored as an outcome's pillar, op or risk tier",
+                "src/sessionstore/inputs.py",
+                (
+                    (
+                        "    if type(raw) is str and raw in _ENUM_VALUES[enum]:\n",
+                        "    if type(raw) is str:\n",
+                    ),
+                ),
             ),
             Mutation(
                 "refusals_commit",
@@ -341,12 +351,6 @@ GUARANTEES: tuple[Guarantee, ...] = (
         ),
         mutations=(
             Mutation(
-                "umask_kept",
-                "the daemon keeps the umask it was started with",
-                "service/sessiond/daemon.py",
-                (("    os.umask(0o077)  #", "    #"),),
-            ),
-            Mutation(
                 "socket_mode_not_applied",
                 "the ipc socket keeps the mode it was created with",
                 "service/sessiond/connections.py",
@@ -452,6 +456,17 @@ GUARANTEES: tuple[Guarantee, ...] = (
                 ),
             ),
             Mutation(
+                "whatever_is_at_the_socket_path_is_removed",
+                "a file at the socket path that is not a socket is removed to make room",
+                "service/sessiond/address.py",
+                (
+                    (
+                        "    if not stat.S_ISSOCK(st.st_mode):\n",
+                        "    if not stat.S_ISSOCK(st.st_mode):\n        path.unlink()\n        return\n",
+                    ),
+                ),
+            ),
+            Mutation(
                 "socket_file_taken_unprobed",
                 "an existing socket file is removed without asking whether a daemon listens there",
                 "service/sessiond/address.py",
@@ -495,7 +510,6 @@ GUARANTEES: tuple[Guarantee, ...] = (
         tests=(
             "tests/test_service.py::test_a_stalled_loop_stops_the_watchdog_pings_and_they_resume_when_it_moves",
             "tests/test_service.py::test_watchdog_keeps_pinging_while_the_daemon_is_busy",
-            "tests/test_systemd_units.py::test_watchdog_restarts_a_stopped_daemon_and_acknowledged_saves_survive",
         ),
         mutations=(
             Mutation(
@@ -535,6 +549,7 @@ GUARANTEES: tuple[Guarantee, ...] = (
             "tests/test_systemd_units.py::test_status_text_carries_the_status_line_and_follows_saves",
             "tests/test_systemd_units.py::test_journal_gets_priorities_warning_shows_rejections_not_routine",
             "tests/test_systemd_units.py::test_stop_under_write_load_is_clean_and_keeps_every_acknowledged_save",
+            "tests/test_systemd_units.py::test_watchdog_restarts_a_stopped_daemon_and_acknowledged_saves_survive",
             "tests/test_systemd_units.py::test_filter_allows_every_system_call_the_daemon_makes",
         ),
         mutations=(
@@ -581,6 +596,12 @@ GUARANTEES: tuple[Guarantee, ...] = (
             "tests/test_original_schema.py::test_original_statements_read_everything_we_wrote",
         ),
         mutations=(
+            Mutation(
+                "ended_at_not_read_back",
+                "a session read from the index comes back without its ended_at",
+                "src/sessionstore/records.py",
+                (('        "ended_at": row[7],\n', '        "ended_at": None,\n'),),
+            ),
             Mutation(
                 "outcome_column_renamed",
                 "the index's rationale column is called something else",

@@ -83,7 +83,11 @@ class InProgress:
         the loop answers reads itself); ``wake`` is called when a reply is ready."""
         if settings.query_threads > 0:
             self._readers = Readers(
-                settings.index_path, settings.query_threads, QUERY_QUEUE_MAX, wake
+                settings.index_path,
+                settings.query_threads,
+                QUERY_QUEUE_MAX,
+                wake,
+                max_reply_bytes=settings.max_reply_bytes,
             )
             self._readers.start()
 

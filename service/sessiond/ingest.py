@@ -32,12 +32,14 @@ from zmq.auth.thread import ThreadAuthenticator
 from sessiond.in_progress import InProgress
 from sessiond.logs import RateLimited
 from sessiond.queries import READ_OPS, reply
+from sessiond.replies import ReplyBudget
 from sessiond.security import enable_curve
 from sessiond.stats import IngestStats
 from sessiond.tasks import OffLoopTasks, SlicedTasks, Task
 from sessionstore import protocol
 from sessionstore.config import Settings
 from sessionstore.errors import (
+    DaemonUnavailable,
     InternalError,
     MalformedRequest,
     SessionStoreError,
@@ -70,6 +72,12 @@ class IngestLoop:
         self._on_stopping: Callable[[], object] = lambda: None
         self._context = context
         self._router = context.socket(zmq.ROUTER)
+        self._replies = ReplyBudget(
+            self._router,
+            reply_bytes=settings.max_reply_bytes,
+            peer_bytes=settings.peer_reply_bytes,
+            total_bytes=settings.total_reply_bytes,
+        )
         self._tasks: queue.Queue[Task] = queue.Queue()
         self._sliced = SlicedTasks()
         self._off_loop = OffLoopTasks(self._wake)
@@ -337,6 +345,9 @@ class IngestLoop:
             self._reject(identity, request_id, result.error)
 
     def _answer(self, identity: bytes, request: protocol.Request) -> None:
+        if request.op in READ_OPS and (full := self._replies.full(identity)) is not None:
+            self._reject(identity, request.id, DaemonUnavailable(f"sessiond: {full}; retry later"))
+            return
         if self._in_progress.take(identity, request):
             return  # a resend of a running request, or a read for the readers
         try:
@@ -358,7 +369,7 @@ class IngestLoop:
 
     def _query(self, identity: bytes, request: protocol.Request) -> Any:
         if request.op in READ_OPS:
-            return reply(self.store, request)
+            return reply(self.store, request, self.settings.max_reply_bytes)
         if request.op == "status":
             return self.status()
         handler = self._admin.get(request.op)
@@ -375,11 +386,23 @@ class IngestLoop:
         self._reject_log(err.code, f"rejected request {request_id or '(no id)'}: {err.code}: {err}")
 
     def _send(self, identity: bytes, payload: bytes | bytearray) -> None:
+        """The loop's one way to reply (see :mod:`sessiond.replies` for the byte limits)."""
         try:
-            self._router.send_multipart([identity, payload], zmq.NOBLOCK)
+            withheld = self._replies.send(identity, payload)
         except zmq.ZMQError as err:  # peer gone or its queue full: it will retry with the same id
             self.stats.replies_dropped += 1
             log.debug("reply not delivered: %s", err)
+            return
+        if withheld is not None:
+            request_id = protocol.reply_id(payload)
+            refusal = DaemonUnavailable(
+                f"sessiond: reply of {len(payload)} bytes withheld: {withheld}; retry later"
+            )
+            self._count_rejection(request_id, refusal)
+            with contextlib.suppress(zmq.ZMQError):  # small, untracked: see sessiond.replies
+                self._router.send_multipart(
+                    [identity, protocol.encode_error(request_id, refusal)], zmq.NOBLOCK
+                )
 
     # -- status ------------------------------------------------------------------------
 
@@ -391,6 +414,7 @@ class IngestLoop:
         report["db_path"] = str(self.settings.index_path)
         report["tasks_pending"] = len(self._sliced) + len(self._off_loop) + self._tasks.qsize()
         report["reads_pending"] = self._in_progress.reads_pending
+        report.update(self._replies.to_dict())
         for name, handler in self._admin.items():
             if name.startswith("status:"):
                 report[name.split(":", 1)[1]] = handler({})

@@ -24,7 +24,7 @@ import zmq
 import zmq.auth
 from pydantic import TypeAdapter, ValidationError
 
-from sessionstore import protocol
+from sessionstore import paging, protocol
 from sessionstore.config import load_settings
 from sessionstore.errors import (
     ConfigError,
@@ -141,12 +141,14 @@ class SessionStoreClient:
     def list_sessions(
         self, status: SessionStatus | None = None, limit: int | None = None
     ) -> list[LearningSession]:
+        """Newest first, in pages underneath (see :mod:`sessionstore.paging` for what a
+        paged listing guarantees); ``timeout`` applies to each page."""
         wire_status = None if status is None else getattr(status, "value", status)
-        result = self._query("list_sessions", status=wire_status, limit=limit)
+        result = paging.list_sessions(self._query, wire_status, limit)
         return _records(_SESSIONS, result, "list_sessions")
 
     def list_outcomes(self, session_id: str) -> list[EditOutcome]:
-        result = self._query("list_outcomes", session_id=checked_id(session_id, "session_id"))
+        result = paging.list_outcomes(self._query, checked_id(session_id, "session_id"))
         return _records(_OUTCOMES, result, "list_outcomes")
 
     # -- operations ------------------------------------------------------------------

@@ -105,6 +105,28 @@ class Settings(BaseSettings):
         description="ZeroMQ send/receive high-water mark, in messages per connection: a "
         "connection holds at most this many frames of up to max_message_bytes queued.",
     )
+    max_reply_bytes: int = Field(
+        default=1 << 20,
+        ge=4096,
+        le=1 << 30,
+        description="Largest reply to a read: listings come in pages under this size (the "
+        "client pages by itself); only a single record bigger than this is sent whole, alone.",
+    )
+    peer_reply_bytes: int = Field(
+        default=2 << 20,
+        ge=4096,
+        le=1 << 34,
+        description="Reply bytes (of replies of 1 KiB and up) queued for one connection that "
+        "has not read them yet; past it, reads from that connection are refused as "
+        "unavailable until it reads.",
+    )
+    total_reply_bytes: int = Field(
+        default=32 << 20,
+        ge=4096,
+        le=1 << 36,
+        description="Reply bytes (of replies of 1 KiB and up) queued for all connections "
+        "together; past it, reads are refused as unavailable until peers read.",
+    )
     query_threads: int = Field(
         default=2,
         ge=0,

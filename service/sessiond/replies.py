@@ -1,0 +1,151 @@
+"""Reply bytes the daemon has handed to ZeroMQ and ZeroMQ has not yet written out.
+
+The ROUTER's high-water mark counts messages, not bytes: twelve connections that
+asked for 3.7 MB listings and never read held the daemon at 1.2 GiB for as long
+as they stayed connected. So replies of :data:`TRACKED_MIN_BYTES` and more are
+sent zero-copy with a ``MessageTracker``: libzmq holds our buffer until it has
+written the reply to the connection (or dropped it with a peer that left), and
+the tracker says when it let go. The bytes not yet let go are counted per
+connection and in all, and a reply that would pass ``peer_reply_bytes`` or
+``total_reply_bytes`` is not sent: the loop answers ``unavailable`` instead (a
+few hundred bytes), and the client retries on its schedule.
+
+Smaller replies (a save's ack, an error) are copied and not tracked: tracking
+costs 20-80 us a send (measured; an ack costs about 15), too much on the hot
+path, and the high-water mark already bounds them to ``high_water_mark`` x 1 KiB
+per connection.
+
+A connection's replies leave in order, so each connection's trackers are kept in
+a FIFO and released from its head; a full sweep of every connection runs at most
+every :data:`SWEEP_SECONDS` (and whenever the total is what refuses a reply).
+Loop thread only, like the socket.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+import zmq
+
+TRACKED_MIN_BYTES = 1024
+"""Replies this big or bigger are tracked and counted; smaller ones are bounded by the HWM."""
+
+SWEEP_SECONDS = 1.0
+"""How stale the count of a connection nobody sends to may get (it only ever overstates)."""
+
+
+class ReplyBudget:
+    """Sends replies on the ROUTER, keeping the untaken ones within their byte limits."""
+
+    def __init__(
+        self, router: zmq.Socket, *, reply_bytes: int, peer_bytes: int, total_bytes: int
+    ) -> None:
+        self._router = router
+        self._reply_max = reply_bytes
+        # pyzmq copies a copy=False message under its copy_threshold (64 KiB) and reports
+        # it released at once; every tracked reply must really be zero-copy to be counted.
+        router.copy_threshold = 0
+        self._peer_max = peer_bytes
+        self._total_max = total_bytes
+        self._queues: dict[bytes, collections.deque[tuple[zmq.MessageTracker, int]]] = {}
+        self._peer_bytes: dict[bytes, int] = {}
+        self.queued_bytes = 0
+        self.peak_bytes = 0
+        self.refused_over_peer = 0
+        self.refused_over_total = 0
+        self._next_sweep = 0.0
+
+    def full(self, identity: bytes) -> str | None:
+        """Why a read from ``identity`` is not worth starting, or None when there is room.
+
+        Refused up front, a read costs no reader time: there is room when a reply of
+        ``max_reply_bytes`` would still fit under both limits, or nothing is queued
+        (building a reply only to withhold it would spend a reader on nothing).
+        """
+        self._release(identity)
+        self._sweep_if_due()
+        peer = self._peer_bytes.get(identity, 0)
+        if peer and peer + self._reply_max > self._peer_max:
+            self.refused_over_peer += 1
+            return self._over_peer(peer)
+        if self.queued_bytes and self.queued_bytes + self._reply_max > self._total_max:
+            self.sweep()
+            if self.queued_bytes and self.queued_bytes + self._reply_max > self._total_max:
+                self.refused_over_total += 1
+                return self._over_total()
+        return None
+
+    def send(self, identity: bytes, payload: bytes | bytearray) -> str | None:
+        """Send one reply; None when sent, else why it was not (a limit it would pass).
+
+        zmq errors (peer gone, its queue full) propagate as they would from the socket.
+        A reply bigger than a limit goes out only to a connection with nothing queued,
+        and only when nothing else is queued for that limit: a record bigger than
+        the limits is still served, alone.
+        """
+        size = len(payload)
+        if size < TRACKED_MIN_BYTES:
+            self._router.send_multipart([identity, payload], zmq.NOBLOCK)
+            return None
+        self._release(identity)
+        self._sweep_if_due()
+        peer = self._peer_bytes.get(identity, 0)
+        if peer and peer + size > self._peer_max:
+            self.refused_over_peer += 1
+            return self._over_peer(peer)
+        if self.queued_bytes and self.queued_bytes + size > self._total_max:
+            self.sweep()
+            if self.queued_bytes and self.queued_bytes + size > self._total_max:
+                self.refused_over_total += 1
+                return self._over_total()
+        self._router.send(identity, zmq.SNDMORE | zmq.NOBLOCK)
+        tracker = self._router.send(payload, zmq.NOBLOCK, copy=False, track=True)
+        if not tracker.done:
+            self._queues.setdefault(identity, collections.deque()).append((tracker, size))
+            self._peer_bytes[identity] = self._peer_bytes.get(identity, 0) + size
+            self.queued_bytes += size
+            self.peak_bytes = max(self.peak_bytes, self.queued_bytes)
+        return None
+
+    def sweep(self) -> None:
+        """Release what libzmq has let go of, on every connection."""
+        for identity in list(self._queues):
+            self._release(identity)
+        self._next_sweep = time.monotonic() + SWEEP_SECONDS
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counters ``status`` reports."""
+        self.sweep()
+        return {
+            "reply_bytes_queued": self.queued_bytes,
+            "reply_bytes_queued_peak": self.peak_bytes,
+            "reply_connections_queued": len(self._queues),
+            "replies_refused_over_peer_bytes": self.refused_over_peer,
+            "replies_refused_over_total_bytes": self.refused_over_total,
+        }
+
+    def _over_peer(self, peer: int) -> str:
+        return f"{peer} reply bytes wait for this connection to read them (peer_reply_bytes {self._peer_max})"
+
+    def _over_total(self) -> str:
+        return f"{self.queued_bytes} reply bytes wait for their connections to read them (total_reply_bytes {self._total_max})"
+
+    def _sweep_if_due(self) -> None:
+        if time.monotonic() >= self._next_sweep:
+            self.sweep()
+
+    def _release(self, identity: bytes) -> None:
+        queue = self._queues.get(identity)
+        if queue is None:
+            return
+        released = 0
+        while queue and queue[0][0].done:
+            released += queue.popleft()[1]
+        if released:
+            self.queued_bytes -= released
+            self._peer_bytes[identity] -= released
+        if not queue:
+            del self._queues[identity]
+            del self._peer_bytes[identity]

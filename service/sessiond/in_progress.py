@@ -64,10 +64,17 @@ class InProgress:
     """
 
     def __init__(
-        self, stats: IngestStats, send: Send, reject: Reject, count_rejection: CountRejection
+        self,
+        stats: IngestStats,
+        send: Send,
+        reject: Reject,
+        count_rejection: CountRejection,
+        *,
+        send_read: Send | None = None,
     ) -> None:
         self._stats = stats
         self._send = send
+        self._send_read = send_read or send  # a read's reply: see sessiond.replies
         self._reject = reject
         self._count_rejection = count_rejection
         self._running: dict[str, _Running] = {}
@@ -135,7 +142,7 @@ class InProgress:
         for done in self._readers.answers():
             if done.error is not None:
                 self._count_rejection(done.request_id, done.error)
-            self._send(self._reply_to(done.request_id, done.identity), done.payload)
+            self._send_read(self._reply_to(done.request_id, done.identity), done.payload)
 
     def await_answers(self, deadline: float, wait: Callable[[float], None], timeout: float) -> None:
         """Send the replies of reads still with the readers, until they are done or

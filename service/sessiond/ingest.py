@@ -74,6 +74,7 @@ class IngestLoop:
         self._router = context.socket(zmq.ROUTER)
         self._replies = ReplyBudget(
             self._router,
+            self._count_rejection,
             reply_bytes=settings.max_reply_bytes,
             peer_bytes=settings.peer_reply_bytes,
             total_bytes=settings.total_reply_bytes,
@@ -88,7 +89,9 @@ class IngestLoop:
         self._pipe_open = True
         self._stopping = False
         self._reject_log = RateLimited(log.warning)
-        self._in_progress = InProgress(self.stats, self._send, self._reject, self._count_rejection)
+        self._in_progress = InProgress(
+            self.stats, self._send, self._reject, self._count_rejection, send_read=self._send_read
+        )
         self._submit_lock = threading.Lock()
         self.idle = True
 
@@ -363,7 +366,7 @@ class IngestLoop:
             self._in_progress.answer_when_done(identity, request, result)
             self._launch(result)
         elif isinstance(result, bytes | bytearray):  # a read's reply, encoded already
-            self._send(identity, result)
+            self._send_read(identity, result)
         else:
             self._send(identity, protocol.encode_ok(request.id, result))
 
@@ -387,22 +390,12 @@ class IngestLoop:
 
     def _send(self, identity: bytes, payload: bytes | bytearray) -> None:
         """The loop's one way to reply (see :mod:`sessiond.replies` for the byte limits)."""
-        try:
-            withheld = self._replies.send(identity, payload)
-        except zmq.ZMQError as err:  # peer gone or its queue full: it will retry with the same id
+        if not self._replies.deliver(identity, payload, read=False):
+            self.stats.replies_dropped += 1  # peer gone or its queue full: it retries
+
+    def _send_read(self, identity: bytes, payload: bytes | bytearray) -> None:
+        if not self._replies.deliver(identity, payload, read=True):
             self.stats.replies_dropped += 1
-            log.debug("reply not delivered: %s", err)
-            return
-        if withheld is not None:
-            request_id = protocol.reply_id(payload)
-            refusal = DaemonUnavailable(
-                f"sessiond: reply of {len(payload)} bytes withheld: {withheld}; retry later"
-            )
-            self._count_rejection(request_id, refusal)
-            with contextlib.suppress(zmq.ZMQError):  # small, untracked: see sessiond.replies
-                self._router.send_multipart(
-                    [identity, protocol.encode_error(request_id, refusal)], zmq.NOBLOCK
-                )
 
     # -- status ------------------------------------------------------------------------
 

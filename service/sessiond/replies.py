@@ -24,10 +24,17 @@ Loop thread only, like the socket.
 from __future__ import annotations
 
 import collections
+import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
+
+from sessionstore import protocol
+from sessionstore.errors import DaemonUnavailable, SessionStoreError
+
+log = logging.getLogger("sessiond.ingest")
 
 TRACKED_MIN_BYTES = 1024
 """Replies this big or bigger are tracked and counted; smaller ones are bounded by the HWM."""
@@ -40,9 +47,16 @@ class ReplyBudget:
     """Sends replies on the ROUTER, keeping the untaken ones within their byte limits."""
 
     def __init__(
-        self, router: zmq.Socket, *, reply_bytes: int, peer_bytes: int, total_bytes: int
+        self,
+        router: zmq.Socket,
+        count_rejection: Callable[[str | None, SessionStoreError], None],
+        *,
+        reply_bytes: int,
+        peer_bytes: int,
+        total_bytes: int,
     ) -> None:
         self._router = router
+        self._count_rejection = count_rejection
         self._reply_max = reply_bytes
         # pyzmq copies a copy=False message under its copy_threshold (64 KiB) and reports
         # it released at once; every tracked reply must really be zero-copy to be counted.
@@ -77,13 +91,37 @@ class ReplyBudget:
                 return self._over_total()
         return None
 
-    def send(self, identity: bytes, payload: bytes | bytearray) -> str | None:
+    def deliver(self, identity: bytes, payload: bytes | bytearray, *, read: bool) -> bool:
+        """Send a reply, or, when it would pass a limit, an ``unavailable`` refusal in
+        its place (small, untracked); False when zmq took neither (peer gone, or its
+        queue full: the client re-sends after its timeout)."""
+        try:
+            withheld = self.send(identity, payload, read=read)
+            if withheld is not None:
+                request_id = protocol.reply_id(payload)
+                refusal = DaemonUnavailable(
+                    f"sessiond: reply of {len(payload)} bytes withheld: {withheld}; retry later"
+                )
+                self._count_rejection(request_id, refusal)
+                self._router.send_multipart(
+                    [identity, protocol.encode_error(request_id, refusal)], zmq.NOBLOCK
+                )
+        except zmq.ZMQError as err:
+            log.debug("reply not delivered: %s", err)
+            return False
+        return True
+
+    def send(self, identity: bytes, payload: bytes | bytearray, *, read: bool) -> str | None:
         """Send one reply; None when sent, else why it was not (a limit it would pass).
 
-        zmq errors (peer gone, its queue full) propagate as they would from the socket.
-        A reply bigger than a limit goes out only to a connection with nothing queued,
-        and only when nothing else is queued for that limit: a record bigger than
-        the limits is still served, alone.
+        Every reply is held to ``peer_reply_bytes``; a ``read``'s also to
+        ``total_reply_bytes``, so peers that ask for listings and never read cannot
+        hold back the replies to other clients' saves and admin requests (those
+        are one per request, a save_batch's at most ~100 KB). zmq errors (peer
+        gone, its queue full) propagate as they would from the socket. A reply
+        bigger than a limit goes out only to a connection with nothing queued, and
+        only when nothing else is queued for that limit: a record bigger than the
+        limits is still served, alone.
         """
         size = len(payload)
         if size < TRACKED_MIN_BYTES:
@@ -95,7 +133,7 @@ class ReplyBudget:
         if peer and peer + size > self._peer_max:
             self.refused_over_peer += 1
             return self._over_peer(peer)
-        if self.queued_bytes and self.queued_bytes + size > self._total_max:
+        if read and self.queued_bytes and self.queued_bytes + size > self._total_max:
             self.sweep()
             if self.queued_bytes and self.queued_bytes + size > self._total_max:
                 self.refused_over_total += 1

@@ -164,6 +164,7 @@ def _serve_locked(settings: Settings) -> int:
         jobs.shutdown()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        jobs.close()
         _final_checkpoint(store, settings)
         if auth is not None:
             auth.stop()

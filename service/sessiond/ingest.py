@@ -167,7 +167,9 @@ class IngestLoop:
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         while not self._stopping:
-            timeout = 0 if self._sliced else self._idle_poll_ms
+            timeout = (
+                math.ceil(self._sliced.wait_seconds * 1000) if self._sliced else self._idle_poll_ms
+            )
             events = dict(poller.poll(timeout))
             if self._wake_r in events:
                 self._take_tasks()

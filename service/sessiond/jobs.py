@@ -9,6 +9,7 @@ shown in ``status``; it never stops the daemon or the scheduler.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -21,6 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sessiond.ingest import IngestLoop
 from sessiond.tasks import Steps, Task
 from sessionstore.config import Settings
+from sessionstore.reconcile_reader import ProcessReader
 from sessionstore.store import SessionStore
 
 log = logging.getLogger("sessiond.jobs")
@@ -88,6 +90,13 @@ class Jobs:
         # The first scheduled pass after start is incremental; the first full one
         # comes a full interval later (a restart does not make files change).
         self._last_full_reconcile = time.monotonic()
+        # Reconcile reads and parses files in a process of its own (see reconcile_reader).
+        self._reader = ProcessReader(
+            settings.index_path,
+            settings.sessions_dir,
+            os.path.realpath(settings.sessions_dir),
+            settings.reconcile_max_file_bytes,
+        )
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -115,12 +124,16 @@ class Jobs:
     def _reconcile(self, dry_run: bool, full: bool = False) -> Steps:
         from sessionstore.reconcile import reconcile_steps  # only the daemon needs it, at first run
 
+        s = self._settings
         result = yield from reconcile_steps(
             self._store,
-            self._settings.learning_root,
+            s.learning_root,
             dry_run=dry_run,
-            slice_files=self._settings.reconcile_slice,
+            slice_files=s.reconcile_slice,
             full=full,
+            reader=self._reader,
+            slice_bytes=s.reconcile_slice_bytes,
+            slice_seconds=s.reconcile_slice_ms / 1000,
         )
         report = result.to_dict()
         report["full"] = full
@@ -199,6 +212,10 @@ class Jobs:
     def shutdown(self) -> None:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
+
+    def close(self) -> None:
+        """Stop reconcile's reader process (after the loop: no pass runs any more)."""
+        self._reader.stop()
 
     def _run_scheduled(self, name: str) -> None:
         """Runs on a scheduler thread: hand the job to the loop and wait for it to finish."""

@@ -11,6 +11,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sessionstore import schema
 from sessionstore.errors import IntegrityViolation, InvalidRecord, SessionStoreError, UnknownSession
@@ -46,7 +47,26 @@ class OutcomeWrite:
     request_id: str | None = None
 
 
-Write = SessionWrite | OutcomeWrite
+@dataclass(frozen=True, slots=True)
+class SessionRowWrite:
+    """A session row encoded already (reconcile's: parsed and encoded off the loop)."""
+
+    session_id: str
+    parent_session_id: str | None
+    row: tuple[Any, ...]
+    request_id: None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRowsWrite:
+    """Outcome rows of one session encoded already (reconcile's); applied or refused together."""
+
+    session_id: str
+    rows: list[tuple[Any, ...]]
+    request_id: None = None
+
+
+Write = SessionWrite | OutcomeWrite | SessionRowWrite | OutcomeRowsWrite
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +177,9 @@ def _apply_in_savepoint(conn: sqlite3.Connection, write: Write) -> WriteResult:
 
 def _apply_one(conn: sqlite3.Connection, write: Write) -> bool:
     """Apply one write inside the open savepoint; True if its request id was seen before."""
+    if isinstance(write, SessionRowWrite | OutcomeRowsWrite):
+        _apply_rows(conn, write)
+        return False
     if write.request_id is not None:
         op = "save_session" if isinstance(write, SessionWrite) else "save_outcome"
         cursor = conn.execute(
@@ -184,12 +207,28 @@ def _apply_one(conn: sqlite3.Connection, write: Write) -> bool:
     return False
 
 
+def _apply_rows(conn: sqlite3.Connection, write: SessionRowWrite | OutcomeRowsWrite) -> None:
+    if isinstance(write, SessionRowWrite):
+        parent = write.parent_session_id
+        if parent is not None and parent != write.session_id and not _has_session(conn, parent):
+            raise UnknownSession(
+                f"session {write.session_id!r}: parent session {parent!r} is not in the index"
+            )
+        conn.execute(UPSERT_SESSION, write.row)
+        return
+    if not _has_session(conn, write.session_id):
+        raise UnknownSession(f"outcomes of session {write.session_id!r}: it is not in the index")
+    conn.executemany(INSERT_OUTCOME, write.rows)
+
+
 def _has_session(conn: sqlite3.Connection, session_id: str) -> bool:
     row = conn.execute("SELECT 1 FROM learning_sessions WHERE id = ?", (session_id,))
     return row.fetchone() is not None
 
 
 def _describe(write: Write) -> str:
+    if isinstance(write, SessionRowWrite | OutcomeRowsWrite):
+        return f"rows of session {write.session_id!r}"
     if isinstance(write, SessionWrite):
         return f"save_session {write.session.id!r}"
     return f"save_outcome {write.outcome.edit_id!r} for session {write.session_id!r}"

@@ -111,10 +111,14 @@ _V3_RECONCILE_FILES = [
 ) WITHOUT ROWID""",
 ]
 
+# Version 4: why reconcile could not use a file, so an unchanged one is not read again.
+_V4_RECONCILE_PROBLEMS = ["ALTER TABLE reconcile_files ADD COLUMN problem TEXT"]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, _V1_ORIGINAL),
     (2, _V2_APPLIED_REQUESTS),
     (3, _V3_RECONCILE_FILES),
+    (4, _V4_RECONCILE_PROBLEMS),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

@@ -25,7 +25,9 @@ from pydantic import BaseModel
 
 from sessionstore import schema
 from sessionstore.batch import (
+    OutcomeRowsWrite,
     OutcomeWrite,
+    SessionRowWrite,
     SessionWrite,
     Write,
     WriteResult,
@@ -397,7 +399,9 @@ __all__ = [
     "CheckpointResult",
     "Durability",
     "SessionKey",
+    "OutcomeRowsWrite",
     "OutcomeWrite",
+    "SessionRowWrite",
     "SessionStore",
     "SessionWrite",
     "Write",

@@ -159,31 +159,39 @@ def test_another_request_under_a_running_id_is_refused_not_answered_with_its_dat
 def test_a_flood_of_reads_is_refused_past_the_queue_and_the_daemon_carries_on(
     tmp_path: Path, daemon_factory: Callable[..., Daemon]
 ) -> None:
+    """700 listings from 350 connections at once (two each: what one connection may
+    have running is bounded too, see test_reply_bounds.py)."""
     d = daemon_factory(filled_root(tmp_path / "learning", 300, 5)).start()
-    sock = raw_socket(d.address, SNDHWM=0, RCVHWM=0)
+    socks = [raw_socket(d.address, SNDHWM=0, RCVHWM=0) for _ in range(350)]
     for n in range(700):
-        sock.send(protocol.encode_request(f"flood-{n}", "list_sessions", status=None, limit=None))
+        frame = protocol.encode_request(f"flood-{n}", "list_sessions", status=None, limit=None)
+        socks[n % 350].send(frame)
     codes: dict[str, int] = {}
     client = SessionStoreClient(d.address, timeout=30)
+    poller = zmq.Poller()
+    for sock in socks:
+        poller.register(sock, zmq.POLLIN)
 
     def drained() -> bool:
-        while sock.poll(0):
-            reply = json.loads(sock.recv())
-            code = "ok" if reply["ok"] else reply["error"]["code"]
-            codes[code] = codes.get(code, 0) + 1
+        for sock in socks:
+            while sock.poll(0):
+                reply = json.loads(sock.recv())
+                code = "ok" if reply["ok"] else reply["error"]["code"]
+                codes[code] = codes.get(code, 0) + 1
         return client.status()["reads_pending"] == 0
 
     for _ in range(600):  # poll, not sleep: each round waits up to 100 ms for replies
         if drained():
             break
-        sock.poll(100)
+        poller.poll(100)
     assert drained(), "the readers never caught up"
     assert set(codes) <= {"ok", "unavailable"}, codes
     assert codes.get("ok", 0) >= 256  # everything queued was answered (none dropped: it read)
     rejected = client.status()["requests_rejected"]
     assert rejected.get("unavailable", 0) >= 700 - 512  # a turn takes 512; 256 wait at most
     assert len(client.list_sessions(limit=3)) == 3  # and reads still work afterwards
-    sock.close()
+    for sock in socks:
+        sock.close()
 
 
 def test_sigterm_answers_the_reads_already_with_the_readers(

@@ -92,9 +92,11 @@ def test_listing_peers_that_never_read_do_not_pin_daemon_memory(
         save_seconds = time.monotonic() - started
         wait_until(all_answered(client, PEERS * requests), 500, "every listing answered")
         status = client.status()
-        listed = client.list_sessions()  # a client that reads gets the whole listing
     for sock in pinned:
         sock.close()
+    # Together, peers that never read may hold total_reply_bytes (the "whole" case);
+    # reads past it are refused until they read or leave. Then everything is served.
+    listed = client.list_sessions()
     growth = rss.peak_mib - rss.baseline_mib
     print(f"pinned listings: RSS {rss.baseline_mib:.0f} -> {rss.peak_mib:.0f} MiB", end="; ")
     assert growth < bound_mib, f"daemon grew {growth:.0f} MiB"
@@ -224,4 +226,29 @@ def test_a_paged_listing_during_saves_lists_every_session_once_in_order(
     keys = [(s.started_at, s.id) for s in listed]
     assert keys == sorted(keys, reverse=True)
     assert during >= 10, f"only {during} rounds of saves ran during the listing"
+    assert d.stop() == 0
+
+
+@pytest.mark.timeout(120)
+def test_one_connection_piling_up_listings_runs_few_of_them_and_others_are_served(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """A connection may have only as many reads running as their replies could fit in
+    peer_reply_bytes: 200 listings sent at once and never read would otherwise fill
+    the readers' queue and keep them busy building replies that are then withheld,
+    while every other client's read waited behind them."""
+    d = daemon_factory(filled_root(tmp_path / "learning", 2000, 10)).start()
+    (pinned,) = pin_listings(d.address, 1, 200, ["list_sessions_page"])
+    client = SessionStoreClient(d.address, timeout=30)
+    wait_until(lambda: client.status()["requests_received"] >= 200, 30, "the 200 listings")
+    started = time.monotonic()
+    assert len(client.list_sessions(limit=5)) == 5
+    assert client.get_session("bench-000001") is not None
+    served_in = time.monotonic() - started
+    wait_until(all_answered(client, 200), 60, "the piled-up listings answered")
+    status = client.status()
+    pinned.close()
+    print(f"another client served in {served_in:.2f}s; refused {status['requests_rejected']}")
+    assert served_in < 5.0
+    assert status["replies_refused_over_peer_bytes"] >= 190  # 2 MiB: two 1 MiB pages run
     assert d.stop() == 0

@@ -14,6 +14,7 @@ passes in, so the loop stays the socket's only user.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -78,6 +79,7 @@ class InProgress:
         self._reject = reject
         self._count_rejection = count_rejection
         self._running: dict[str, _Running] = {}
+        self._reads_by_sender: collections.Counter[bytes] = collections.Counter()
         self._readers: Readers | None = None
 
     @property
@@ -109,6 +111,7 @@ class InProgress:
             return False
         if self._readers.submit(identity, request):
             self._running[request.id] = _Running(identity, request.op, request.params)
+            self._reads_by_sender[identity] += 1
         else:
             self._reject(
                 identity,
@@ -193,10 +196,26 @@ class InProgress:
                 ),
             )
             return
+        if running.op in READ_OPS:
+            self._forget_read(running.identity)
+            self._reads_by_sender[identity] += 1
         running.identity = identity
         self._stats.resends_in_progress += 1
 
     def _reply_to(self, request_id: str, identity: bytes) -> bytes:
         """Who gets a finished request's answer: its newest sender."""
         running = self._running.pop(request_id, None)
-        return identity if running is None else running.identity
+        if running is None:
+            return identity
+        if running.op in READ_OPS:
+            self._forget_read(running.identity)
+        return running.identity
+
+    def reads_from(self, identity: bytes) -> int:
+        """Reads from this connection taken on and not answered yet."""
+        return self._reads_by_sender[identity]
+
+    def _forget_read(self, identity: bytes) -> None:
+        self._reads_by_sender[identity] -= 1
+        if self._reads_by_sender[identity] <= 0:
+            del self._reads_by_sender[identity]

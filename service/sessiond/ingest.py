@@ -350,7 +350,8 @@ class IngestLoop:
             self._reject(identity, request_id, result.error)
 
     def _answer(self, identity: bytes, request: protocol.Request) -> None:
-        if request.op in READ_OPS and (full := self._replies.full(identity)) is not None:
+        reads = self._in_progress.reads_from(identity)
+        if request.op in READ_OPS and (full := self._replies.full(identity, reads)) is not None:
             self._reject(identity, request.id, DaemonUnavailable(f"sessiond: {full}; retry later"))
             return
         if self._in_progress.take(identity, request):

@@ -71,19 +71,27 @@ class ReplyBudget:
         self.refused_over_total = 0
         self._next_sweep = 0.0
 
-    def full(self, identity: bytes) -> str | None:
+    def full(self, identity: bytes, reads_running: int = 0) -> str | None:
         """Why a read from ``identity`` is not worth starting, or None when there is room.
 
-        Refused up front, a read costs no reader time: there is room when a reply of
-        ``max_reply_bytes`` would still fit under both limits, or nothing is queued
-        (building a reply only to withhold it would spend a reader on nothing).
+        Refused up front, a read costs no reader time (building a reply only to
+        withhold it would spend a reader on nothing): there is room when its reply
+        and those of the connection's ``reads_running``, at ``max_reply_bytes``
+        each, would still fit under ``peer_reply_bytes`` with what is queued for
+        it, or when it has nothing queued or running; and when a reply of
+        ``max_reply_bytes`` would fit under the total, or nothing is queued.
         """
         self._release(identity)
         self._sweep_if_due()
         peer = self._peer_bytes.get(identity, 0)
-        if peer and peer + self._reply_max > self._peer_max:
+        claim = peer + (reads_running + 1) * self._reply_max
+        if (peer or reads_running) and claim > self._peer_max:
             self.refused_over_peer += 1
-            return self._over_peer(peer)
+            return (
+                f"{peer} reply bytes wait for this connection to read them and {reads_running} "
+                f"of its reads run (peer_reply_bytes {self._peer_max}, max_reply_bytes "
+                f"{self._reply_max} a read)"
+            )
         if self.queued_bytes and self.queued_bytes + self._reply_max > self._total_max:
             self.sweep()
             if self.queued_bytes and self.queued_bytes + self._reply_max > self._total_max:

@@ -128,3 +128,18 @@ def test_a_scheduled_full_pass_restores_a_row_a_later_save_made_differ(daemon_fa
     while (got := client.get_session("f1")) is None or got.status.value != "completed":
         assert time.monotonic() < deadline, "no full pass restored the file's status"
         time.sleep(0.05)
+
+
+def test_status_keeps_the_first_unusable_files_of_a_reconcile_and_counts_the_rest(
+    daemon_factory,
+) -> None:
+    d: Daemon = daemon_factory(extra_env={"SESSIONSTORE_RECONCILE_ON_START": "false"})
+    for i in range(30):
+        write_session(d.learning_root, f"broken-{i:02d}", b"{")
+    d.start()
+    client = SessionStoreClient(d.address, timeout=30)
+    reply = client.reconcile()
+    assert len(reply["invalid"]) == 30  # the caller who asked gets the whole list
+    shown = client.status()["jobs"]["reconcile"]["last_result"]
+    assert shown["invalid"] == reply["invalid"][:20]
+    assert shown["invalid_count"] == 30

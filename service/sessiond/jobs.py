@@ -243,7 +243,7 @@ class Jobs:
             state.last_duration_seconds = round(time.time() - started, 3)
             err = future.exception()
             if err is None:
-                state.last_result, state.last_error = future.result(), None
+                state.last_result, state.last_error = _kept(future.result()), None
                 log.info(
                     "%s done in %.3fs: %s",
                     name,
@@ -282,6 +282,25 @@ class Jobs:
             entry["next_run_at"] = next_run.timestamp() if isinstance(next_run, datetime) else None
             report[name] = entry
         return report
+
+
+STATUS_INVALID_FILES = 20
+"""Unusable files a job's last result keeps for ``status``; the rest are counted."""
+
+
+def _kept(result: Any) -> Any:
+    """What ``status`` shows of a job's result: a reconcile's list of unusable files
+    is cut to its first few. It has one entry per file, and every status reply would
+    otherwise carry them all, encoded on the loop; the reply to the request that ran
+    the job has the whole list."""
+    if isinstance(result, dict) and len(result.get("invalid") or ()) > STATUS_INVALID_FILES:
+        invalid = result["invalid"]
+        return {
+            **result,
+            "invalid": invalid[:STATUS_INVALID_FILES],
+            "invalid_count": len(invalid),
+        }
+    return result
 
 
 def _brief(result: Any) -> str:

@@ -14,10 +14,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import zmq
+
+from sessionstore import SessionStore, SessionStoreClient, protocol
+from sessionstore.benchmarks.listing import fill
 
 TESTS = Path(__file__).parent
 LONG = bool(os.environ.get("SESSIONSTORE_LONG_TESTS"))
@@ -194,3 +197,62 @@ def vm_rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+class RssSampler:
+    """Samples a process's VmRSS every 10 ms in a thread; ``peak_mib`` once stopped."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.baseline_mib = vm_rss_kib(pid) / 1024
+        self.peak_mib = self.baseline_mib
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            try:
+                self.peak_mib = max(self.peak_mib, vm_rss_kib(self.pid) / 1024)
+            except (OSError, AssertionError):
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def filled_root(root: Path, sessions: int, outcomes_per_session: int) -> Path:
+    """A learning root whose index already holds the listing benchmark's records."""
+    root.mkdir(parents=True)
+    store = SessionStore(root / "distillation.db", durability="normal")
+    try:
+        fill(store, sessions, outcomes_per_session)
+    finally:
+        store.close()
+    return root
+
+
+def pin_listings(address: str, peers: int, requests: int, ops: list[str]) -> list[zmq.Socket]:
+    """``peers`` connections that each ask for ``requests`` listings and never read."""
+    sockets = []
+    for p in range(peers):
+        sock = raw_socket(address, RCVHWM=1, SNDHWM=0)
+        for n in range(requests):
+            op = ops[n % len(ops)]
+            sock.send(protocol.encode_request(f"pin-{p}-{n}", op, status=None, limit=None))
+        sockets.append(sock)
+    return sockets
+
+
+def all_answered(client: SessionStoreClient, at_least: int) -> Callable[[], bool]:
+    """A predicate: ``at_least`` requests received, and no read left with the readers."""
+
+    def check() -> bool:
+        status = client.status()
+        return status["requests_received"] >= at_least and status["reads_pending"] == 0
+
+    return check

@@ -99,14 +99,15 @@ def test_a_reply_to_any_attempt_answers_the_call_and_extra_replies_are_skipped()
         if earlier == 0:
             return []  # the first attempt goes unanswered: the client resends
         # one reply per attempt, as if the first had only been slow
-        return [{"v": 1, "id": request["id"], "ok": True, "result": []}] * 2
+        page = {"sessions": [], "next": None}
+        return [{"v": 1, "id": request["id"], "ok": True, "result": page}] * 2
 
     with fake_daemon(answer_the_resend_twice) as fake:
         client = SessionStoreClient(fake.address, timeout=10)
         assert client.list_sessions() == []
         assert client.get_session("other") is None  # not confused by the spare reply
         client.close()
-    assert [r["op"] for r in fake.requests] == ["list_sessions"] * 2 + ["get_session"]
+    assert [r["op"] for r in fake.requests] == ["list_sessions_page"] * 2 + ["get_session"]
 
 
 class FakeDaemon:
@@ -159,12 +160,24 @@ def fake_daemon(answer: Callable[[dict, int], list[dict]]) -> Iterator[FakeDaemo
 @pytest.mark.parametrize(
     ("call", "result"),
     [
-        (lambda c: c.list_sessions(), [{"id": 1}]),
-        (lambda c: c.list_outcomes("s"), [{"edit_id": "e", "status": "exploded"}]),
+        (lambda c: c.list_sessions(), {"sessions": [{"id": 1}], "next": None}),
+        (
+            lambda c: c.list_outcomes("s"),
+            {"outcomes": [{"edit_id": "e", "status": "exploded"}], "next": None},
+        ),
         (lambda c: c.get_session("s"), {"id": "s"}),
         (lambda c: c.list_sessions(), {"not": "a list"}),
+        (lambda c: c.list_sessions(), [{"id": "a bare list"}]),
+        (lambda c: c.list_outcomes("s"), {"outcomes": [], "next": 7}),  # would never end
     ],
-    ids=["list_sessions", "list_outcomes", "get_session", "not-a-list"],
+    ids=[
+        "list_sessions",
+        "list_outcomes",
+        "get_session",
+        "not-a-page",
+        "bare-list",
+        "empty-page-with-next",
+    ],
 )
 def test_a_reply_that_does_not_validate_raises_our_error_naming_the_op(
     call: Callable[[SessionStoreClient], object], result: object

@@ -157,3 +157,18 @@ def test_an_unusable_file_is_logged_once_not_at_every_scheduled_pass(daemon_fact
     done_lines = [line for line in log.splitlines() if "reconcile done in" in line]
     assert done_lines and all("invalid=" in line for line in done_lines)
     assert not [line for line in done_lines if "duration_seconds" in line]  # said once, rounded
+
+
+def test_status_keeps_the_first_unusable_files_of_a_reconcile_and_counts_the_rest(
+    daemon_factory,
+) -> None:
+    d: Daemon = daemon_factory(extra_env={"SESSIONSTORE_RECONCILE_ON_START": "false"})
+    for i in range(30):
+        write_session(d.learning_root, f"broken-{i:02d}", b"{")
+    d.start()
+    client = SessionStoreClient(d.address, timeout=30)
+    reply = client.reconcile()
+    assert len(reply["invalid"]) == 30  # the caller who asked gets the whole list
+    shown = client.status()["jobs"]["reconcile"]["last_result"]
+    assert shown["invalid"] == reply["invalid"][:20]
+    assert shown["invalid_count"] == 30

@@ -18,21 +18,24 @@ import json
 import multiprocessing
 import os
 import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import overload_client
 import pytest
 import zmq
 from daemon_helpers import EDIT, Daemon, outcome, session
 from stress_helpers import (
+    RssSampler,
+    all_answered,
     duplicated_outcomes,
+    filled_root,
     integrity,
     outcome_ids,
+    pin_listings,
     raw_socket,
-    vm_rss_kib,
     wait_until,
 )
 
@@ -44,32 +47,6 @@ FLOOD_FRAMES = 20_000
 FLOOD_FRAME_BYTES = 8192  # 2 x 20k x 8 KiB: 320 MiB, were the daemon to queue it all
 RSS_BOUND_MIB = 200
 POOL_TIMEOUT = 90.0
-
-
-class RssSampler:
-    """Samples a process's VmRSS every 10 ms in a thread; ``peak_mib`` once stopped."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.baseline_mib = vm_rss_kib(pid) / 1024
-        self.peak_mib = self.baseline_mib
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            try:
-                self.peak_mib = max(self.peak_mib, vm_rss_kib(self.pid) / 1024)
-            except (OSError, AssertionError):
-                return
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
 
 def flood(address: str, flooder: int, count: int) -> dict:
@@ -158,6 +135,49 @@ def test_fifty_clients_at_once_lose_nothing_acknowledged_and_memory_stays_bounde
         f"replies dropped {status['replies_dropped']}, largest batch {status['largest_batch']}"
     )
     assert rss.peak_mib < RSS_BOUND_MIB
+
+
+LISTING_PEERS = 12
+LISTINGS_PER_PEER = 12
+PINNED_OPS = ["list_sessions", "list_sessions_page"]
+
+
+@pytest.mark.timeout(300)
+def test_fifty_clients_and_listing_peers_that_never_read_stay_under_the_bound(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """The same load on an index of 2,000 sessions (a listing is 3.7 MB), while 12 more
+    connections ask for listings and never read them: before replies were bounded in
+    bytes, each kept up to 32 such replies in the daemon."""
+    d = daemon_factory(filled_root(tmp_path / "learning", 2000, 10)).start()
+    probe = SessionStoreClient(d.address, timeout=30)
+    pinned: list[zmq.Socket] = []
+
+    def pin(failures_seen: object) -> None:
+        pinned.extend(pin_listings(d.address, LISTING_PEERS, LISTINGS_PER_PEER, PINNED_OPS))
+        wait_until(
+            all_answered(probe, LISTING_PEERS * LISTINGS_PER_PEER), 240, "every listing answered"
+        )
+
+    reports, _, rss = run_clients(d, count=300, in_flight=None, timeout=60.0, during=pin)
+    status = probe.status()
+    for sock in pinned:
+        sock.close()
+    assert d.stop() == 0
+
+    errors = check_accounting(d, reports)
+    assert errors == Counter(), errors
+    assert sum(r["acked"] for r in reports) == CLIENTS * 300
+    print(f"overload with pinned listings: RSS {rss.baseline_mib:.0f} -> {rss.peak_mib:.0f} MiB")
+    assert rss.peak_mib < RSS_BOUND_MIB
+    withheld = (
+        status["replies_refused_over_peer_bytes"] + status["replies_refused_over_total_bytes"]
+    )
+    print(
+        f"reply bytes queued at most {status['reply_bytes_queued_peak'] >> 20} MiB; refused "
+        f"over the reply limits {withheld}, too large {status['requests_rejected']['too_large']}"
+    )
+    assert withheld > 0
 
 
 @pytest.mark.timeout(180)

@@ -15,21 +15,17 @@ from pathlib import Path
 import pytest
 import zmq
 from daemon_helpers import EDIT, Daemon, outcome, session
-from stress_helpers import raw_socket
+from stress_helpers import filled_root, raw_socket
 
 from sessionstore import SessionStore, SessionStoreClient, protocol
-from sessionstore.benchmarks.listing import fill
 
-
-def filled_root(root: Path, sessions: int, outcomes_per_session: int) -> Path:
-    """A learning root whose index already holds the listing benchmark's records."""
-    root.mkdir(parents=True)
-    store = SessionStore(root / "distillation.db", durability="normal")
-    try:
-        fill(store, sessions, outcomes_per_session)
-    finally:
-        store.close()
-    return root
+WHOLE_LISTINGS = {
+    "SESSIONSTORE_MAX_REPLY_BYTES": str(64 << 20),
+    "SESSIONSTORE_PEER_REPLY_BYTES": str(1 << 30),
+    "SESSIONSTORE_TOTAL_REPLY_BYTES": str(1 << 30),
+}
+"""For tests that need a read slow enough to still be running when they act: an unpaged
+listing of thousands of sessions, as one reply, queued for peers that read late."""
 
 
 def odd_records(root: Path) -> Path:
@@ -116,7 +112,9 @@ def test_an_acknowledged_save_is_seen_by_the_next_read(daemon: Daemon) -> None:
 def test_a_resent_read_still_running_is_answered_once_to_the_newest_sender(
     tmp_path: Path, daemon_factory: Callable[..., Daemon]
 ) -> None:
-    d = daemon_factory(filled_root(tmp_path / "learning", 2000, 10)).start()
+    d = daemon_factory(
+        filled_root(tmp_path / "learning", 2000, 10), extra_env=WHOLE_LISTINGS
+    ).start()
     first, second = raw_socket(d.address), raw_socket(d.address)
     probe = SessionStoreClient(d.address, timeout=10)
     frame = protocol.encode_request("slow-read", "list_sessions", status=None, limit=None)
@@ -138,7 +136,9 @@ def test_a_resent_read_still_running_is_answered_once_to_the_newest_sender(
 def test_another_request_under_a_running_id_is_refused_not_answered_with_its_data(
     tmp_path: Path, daemon_factory: Callable[..., Daemon]
 ) -> None:
-    d = daemon_factory(filled_root(tmp_path / "learning", 2000, 10)).start()
+    d = daemon_factory(
+        filled_root(tmp_path / "learning", 2000, 10), extra_env=WHOLE_LISTINGS
+    ).start()
     a, b = raw_socket(d.address), raw_socket(d.address)
     probe = SessionStoreClient(d.address, timeout=10)
     a.send(protocol.encode_request("req-1", "list_sessions", status=None, limit=None))
@@ -159,37 +159,47 @@ def test_another_request_under_a_running_id_is_refused_not_answered_with_its_dat
 def test_a_flood_of_reads_is_refused_past_the_queue_and_the_daemon_carries_on(
     tmp_path: Path, daemon_factory: Callable[..., Daemon]
 ) -> None:
+    """700 listings from 350 connections at once (two each: what one connection may
+    have running is bounded too, see test_reply_bounds.py)."""
     d = daemon_factory(filled_root(tmp_path / "learning", 300, 5)).start()
-    sock = raw_socket(d.address, SNDHWM=0, RCVHWM=0)
+    socks = [raw_socket(d.address, SNDHWM=0, RCVHWM=0) for _ in range(350)]
     for n in range(700):
-        sock.send(protocol.encode_request(f"flood-{n}", "list_sessions", status=None, limit=None))
+        frame = protocol.encode_request(f"flood-{n}", "list_sessions", status=None, limit=None)
+        socks[n % 350].send(frame)
     codes: dict[str, int] = {}
     client = SessionStoreClient(d.address, timeout=30)
+    poller = zmq.Poller()
+    for sock in socks:
+        poller.register(sock, zmq.POLLIN)
 
     def drained() -> bool:
-        while sock.poll(0):
-            reply = json.loads(sock.recv())
-            code = "ok" if reply["ok"] else reply["error"]["code"]
-            codes[code] = codes.get(code, 0) + 1
+        for sock in socks:
+            while sock.poll(0):
+                reply = json.loads(sock.recv())
+                code = "ok" if reply["ok"] else reply["error"]["code"]
+                codes[code] = codes.get(code, 0) + 1
         return client.status()["reads_pending"] == 0
 
     for _ in range(600):  # poll, not sleep: each round waits up to 100 ms for replies
         if drained():
             break
-        sock.poll(100)
+        poller.poll(100)
     assert drained(), "the readers never caught up"
     assert set(codes) <= {"ok", "unavailable"}, codes
     assert codes.get("ok", 0) >= 256  # everything queued was answered (none dropped: it read)
     rejected = client.status()["requests_rejected"]
     assert rejected.get("unavailable", 0) >= 700 - 512  # a turn takes 512; 256 wait at most
     assert len(client.list_sessions(limit=3)) == 3  # and reads still work afterwards
-    sock.close()
+    for sock in socks:
+        sock.close()
 
 
 def test_sigterm_answers_the_reads_already_with_the_readers(
     tmp_path: Path, daemon_factory: Callable[..., Daemon]
 ) -> None:
-    d = daemon_factory(filled_root(tmp_path / "learning", 1000, 5)).start()
+    d = daemon_factory(
+        filled_root(tmp_path / "learning", 1000, 5), extra_env=WHOLE_LISTINGS
+    ).start()
     sock = raw_socket(d.address)
     for n in range(12):
         sock.send(protocol.encode_request(f"r{n}", "list_sessions", status=None, limit=None))
@@ -212,7 +222,9 @@ def test_sigterm_with_a_full_read_queue_stops_in_bounded_time_and_answers_every_
     """240 listings of 2,000 sessions wait for two readers (about a minute of work):
     the drain answers what it can in its 10 s and refuses the rest as shutting_down,
     which clients re-send; every read gets exactly one reply and the daemon exits."""
-    d = daemon_factory(filled_root(tmp_path / "learning", 2000, 10)).start()
+    d = daemon_factory(
+        filled_root(tmp_path / "learning", 2000, 10), extra_env=WHOLE_LISTINGS
+    ).start()
     clients = [raw_socket(d.address) for _ in range(20)]
     for c, sock in enumerate(clients):  # 12 each: below the high-water mark per connection
         for n in range(12):

@@ -13,7 +13,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
@@ -512,7 +512,41 @@ def test_iter_sessions_gives_list_sessions_chunk_by_chunk(
             store.save_outcome(session.id, make_outcome(), **EDIT)
     chunks = list(store.iter_sessions(**kwargs, chunk=chunk))
     assert all(0 < len(c) <= chunk for c in chunks)
-    assert [s for c in chunks for s in c] == store.list_sessions(**kwargs)
+    assert [s for c in chunks for _, s in c] == store.list_sessions(**kwargs)
+    assert all(key == (s.started_at.isoformat(), s.id) for c in chunks for key, s in c)
+
+
+def test_iter_sessions_after_a_key_continues_the_listing_without_repeat_or_gap(
+    store: SessionStore, make_session: MakeSession
+) -> None:
+    """Keyset paging: ties on started_at are ordered by id, so a page may end inside them."""
+    for n in range(12):
+        store.save_session(
+            make_session(id=f"s{n:02d}", started_at=datetime(2026, 3, 1, n // 4, tzinfo=UTC))
+        )
+    whole = store.list_sessions()
+    assert [s.id for s in whole[:4]] == ["s11", "s10", "s09", "s08"]  # ties: id descending
+    listed, after = [], None
+    while True:
+        page = [pair for chunk in store.iter_sessions(limit=5, after=after) for pair in chunk]
+        if not page:
+            break
+        listed += [s for _, s in page]
+        after = page[-1][0]
+    assert listed == whole
+
+
+def test_iter_outcomes_after_a_row_id_continues_in_insertion_order(
+    store: SessionStore, make_session: MakeSession, make_outcome: MakeOutcome
+) -> None:
+    session = make_session()
+    store.save_session(session)
+    for _ in range(7):
+        store.save_outcome(session.id, make_outcome(), **EDIT)
+    pairs = [pair for chunk in store.iter_outcomes(session.id, chunk=3) for pair in chunk]
+    assert [o for _, o in pairs] == store.list_outcomes(session.id)
+    rest = [o for chunk in store.iter_outcomes(session.id, after=pairs[2][0]) for _, o in chunk]
+    assert rest == store.list_outcomes(session.id)[3:]
 
 
 def test_iter_sessions_ends_its_read_transaction_when_closed_early(

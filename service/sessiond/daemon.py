@@ -186,6 +186,7 @@ def _serve_locked(settings: Settings, reload_settings: Callable[[], Settings] | 
         jobs.shutdown()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        jobs.close()
         _final_checkpoint(store, settings)
         if auth is not None:
             auth.stop()

@@ -14,6 +14,7 @@ passes in, so the loop stays the socket's only user.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -64,13 +65,21 @@ class InProgress:
     """
 
     def __init__(
-        self, stats: IngestStats, send: Send, reject: Reject, count_rejection: CountRejection
+        self,
+        stats: IngestStats,
+        send: Send,
+        reject: Reject,
+        count_rejection: CountRejection,
+        *,
+        send_read: Send | None = None,
     ) -> None:
         self._stats = stats
         self._send = send
+        self._send_read = send_read or send  # a read's reply: see sessiond.replies
         self._reject = reject
         self._count_rejection = count_rejection
         self._running: dict[str, _Running] = {}
+        self._reads_by_sender: collections.Counter[bytes] = collections.Counter()
         self._readers: Readers | None = None
 
     @property
@@ -83,7 +92,11 @@ class InProgress:
         the loop answers reads itself); ``wake`` is called when a reply is ready."""
         if settings.query_threads > 0:
             self._readers = Readers(
-                settings.index_path, settings.query_threads, QUERY_QUEUE_MAX, wake
+                settings.index_path,
+                settings.query_threads,
+                QUERY_QUEUE_MAX,
+                wake,
+                max_reply_bytes=settings.max_reply_bytes,
             )
             self._readers.start()
 
@@ -98,6 +111,7 @@ class InProgress:
             return False
         if self._readers.submit(identity, request):
             self._running[request.id] = _Running(identity, request.op, request.params)
+            self._reads_by_sender[identity] += 1
         else:
             self._reject(
                 identity,
@@ -131,7 +145,7 @@ class InProgress:
         for done in self._readers.answers():
             if done.error is not None:
                 self._count_rejection(done.request_id, done.error)
-            self._send(self._reply_to(done.request_id, done.identity), done.payload)
+            self._send_read(self._reply_to(done.request_id, done.identity), done.payload)
 
     def await_answers(self, deadline: float, wait: Callable[[float], None], timeout: float) -> None:
         """Send the replies of reads still with the readers, until they are done or
@@ -182,10 +196,26 @@ class InProgress:
                 ),
             )
             return
+        if running.op in READ_OPS:
+            self._forget_read(running.identity)
+            self._reads_by_sender[identity] += 1
         running.identity = identity
         self._stats.resends_in_progress += 1
 
     def _reply_to(self, request_id: str, identity: bytes) -> bytes:
         """Who gets a finished request's answer: its newest sender."""
         running = self._running.pop(request_id, None)
-        return identity if running is None else running.identity
+        if running is None:
+            return identity
+        if running.op in READ_OPS:
+            self._forget_read(running.identity)
+        return running.identity
+
+    def reads_from(self, identity: bytes) -> int:
+        """Reads from this connection taken on and not answered yet."""
+        return self._reads_by_sender[identity]
+
+    def _forget_read(self, identity: bytes) -> None:
+        self._reads_by_sender[identity] -= 1
+        if self._reads_by_sender[identity] <= 0:
+            del self._reads_by_sender[identity]

@@ -33,12 +33,14 @@ from sessiond.connections import ConnectionGate
 from sessiond.in_progress import InProgress
 from sessiond.logs import RateLimited
 from sessiond.queries import READ_OPS, reply
+from sessiond.replies import ReplyBudget
 from sessiond.security import enable_curve
 from sessiond.stats import IngestStats
 from sessiond.tasks import OffLoopTasks, SlicedTasks, Task
 from sessionstore import protocol
 from sessionstore.config import Settings
 from sessionstore.errors import (
+    DaemonUnavailable,
     InternalError,
     MalformedRequest,
     SessionStoreError,
@@ -71,6 +73,13 @@ class IngestLoop:
         self._on_stopping: Callable[[], object] = lambda: None
         self._context = context
         self._router = context.socket(zmq.ROUTER)
+        self._replies = ReplyBudget(
+            self._router,
+            self._count_rejection,
+            reply_bytes=settings.max_reply_bytes,
+            peer_bytes=settings.peer_reply_bytes,
+            total_bytes=settings.total_reply_bytes,
+        )
         self._tasks: queue.Queue[Task] = queue.Queue()
         self._sliced = SlicedTasks()
         self._off_loop = OffLoopTasks(self._wake)
@@ -81,7 +90,9 @@ class IngestLoop:
         self._pipe_open = True
         self._stopping = False
         self._reject_log = RateLimited(log.warning)
-        self._in_progress = InProgress(self.stats, self._send, self._reject, self._count_rejection)
+        self._in_progress = InProgress(
+            self.stats, self._send, self._reject, self._count_rejection, send_read=self._send_read
+        )
         self._submit_lock = threading.Lock()
         self.idle = True
         self.connections = ConnectionGate(self._router, settings, self._wake, self.request_stop)
@@ -158,7 +169,9 @@ class IngestLoop:
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         while not self._stopping:
-            timeout = 0 if self._sliced else self._idle_poll_ms
+            timeout = (
+                math.ceil(self._sliced.wait_seconds * 1000) if self._sliced else self._idle_poll_ms
+            )
             events = dict(poller.poll(timeout))
             if self._wake_r in events:
                 self._take_tasks()
@@ -343,6 +356,10 @@ class IngestLoop:
             self._reject(identity, request_id, result.error)
 
     def _answer(self, identity: bytes, request: protocol.Request) -> None:
+        reads = self._in_progress.reads_from(identity)
+        if request.op in READ_OPS and (full := self._replies.full(identity, reads)) is not None:
+            self._reject(identity, request.id, DaemonUnavailable(f"sessiond: {full}; retry later"))
+            return
         if self._in_progress.take(identity, request):
             return  # a resend of a running request, or a read for the readers
         try:
@@ -359,13 +376,13 @@ class IngestLoop:
             if not result.future.running():  # else a run under way this request shares
                 self._launch(result)
         elif isinstance(result, bytes | bytearray):  # a read's reply, encoded already
-            self._send(identity, result)
+            self._send_read(identity, result)
         else:
             self._send(identity, protocol.encode_ok(request.id, result))
 
     def _query(self, identity: bytes, request: protocol.Request) -> Any:
         if request.op in READ_OPS:
-            return reply(self.store, request)
+            return reply(self.store, request, self.settings.max_reply_bytes)
         if request.op == "status":
             return self.status()
         handler = self._admin.get(request.op)
@@ -382,11 +399,13 @@ class IngestLoop:
         self._reject_log(err.code, f"rejected request {request_id or '(no id)'}: {err.code}: {err}")
 
     def _send(self, identity: bytes, payload: bytes | bytearray) -> None:
-        try:
-            self._router.send_multipart([identity, payload], zmq.NOBLOCK)
-        except zmq.ZMQError as err:  # peer gone or its queue full: it will retry with the same id
+        """The loop's one way to reply (see :mod:`sessiond.replies` for the byte limits)."""
+        if not self._replies.deliver(identity, payload, read=False):
+            self.stats.replies_dropped += 1  # peer gone or its queue full: it retries
+
+    def _send_read(self, identity: bytes, payload: bytes | bytearray) -> None:
+        if not self._replies.deliver(identity, payload, read=True):
             self.stats.replies_dropped += 1
-            log.debug("reply not delivered: %s", err)
 
     # -- status ------------------------------------------------------------------------
 
@@ -399,6 +418,7 @@ class IngestLoop:
         report["tasks_pending"] = len(self._sliced) + len(self._off_loop) + self._tasks.qsize()
         report["reads_pending"] = self._in_progress.reads_pending
         report["connections"] = self.connections.status()
+        report.update(self._replies.to_dict())
         for name, handler in self._admin.items():
             if name.startswith("status:"):
                 report[name.split(":", 1)[1]] = handler({})

@@ -9,6 +9,7 @@ shown in ``status``; it never stops the daemon or the scheduler.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -22,6 +23,7 @@ from sessiond.ingest import IngestLoop
 from sessiond.job_runs import JobRuns
 from sessiond.tasks import Steps, Task
 from sessionstore.config import Settings
+from sessionstore.reconcile_reader import ProcessReader
 from sessionstore.store import SessionStore
 
 log = logging.getLogger("sessiond.jobs")
@@ -94,6 +96,13 @@ class Jobs:
         # The first scheduled pass after start is incremental; the first full one
         # comes a full interval later (a restart does not make files change).
         self._last_full_reconcile = time.monotonic()
+        # Reconcile reads and parses files in a process of its own (see reconcile_reader).
+        self._reader = ProcessReader(
+            settings.index_path,
+            settings.sessions_dir,
+            os.path.realpath(settings.sessions_dir),
+            settings.reconcile_max_file_bytes,
+        )
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -121,12 +130,16 @@ class Jobs:
     def _reconcile(self, dry_run: bool, full: bool = False) -> Steps:
         from sessionstore.reconcile import reconcile_steps  # only the daemon needs it, at first run
 
+        s = self._settings
         result = yield from reconcile_steps(
             self._store,
-            self._settings.learning_root,
+            s.learning_root,
             dry_run=dry_run,
-            slice_files=self._settings.reconcile_slice,
+            slice_files=s.reconcile_slice,
             full=full,
+            reader=self._reader,
+            slice_bytes=s.reconcile_slice_bytes,
+            slice_seconds=s.reconcile_slice_ms / 1000,
         )
         report = result.to_dict()
         report["full"] = full
@@ -219,6 +232,10 @@ class Jobs:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
 
+    def close(self) -> None:
+        """Stop reconcile's reader process (after the loop: no pass runs any more)."""
+        self._reader.stop()
+
     def _run_scheduled(self, name: str) -> None:
         """Runs on a scheduler thread: hand the job to the loop and wait for it to finish."""
         task = self._runs.for_schedule(name, lambda: self._scheduled_task(name))
@@ -249,7 +266,7 @@ class Jobs:
             state.last_duration_seconds = round(time.time() - started, 3)
             err = future.exception()
             if err is None:
-                state.last_result, state.last_error = future.result(), None
+                state.last_result, state.last_error = _kept(future.result()), None
                 log.info(
                     "%s done in %.3fs: %s",
                     name,
@@ -301,6 +318,25 @@ class Jobs:
             entry["next_run_at"] = next_run.timestamp() if isinstance(next_run, datetime) else None
             report[name] = entry
         return report
+
+
+STATUS_INVALID_FILES = 20
+"""Unusable files a job's last result keeps for ``status``; the rest are counted."""
+
+
+def _kept(result: Any) -> Any:
+    """What ``status`` shows of a job's result: a reconcile's list of unusable files
+    is cut to its first few. It has one entry per file, and every status reply would
+    otherwise carry them all, encoded on the loop; the reply to the request that ran
+    the job has the whole list."""
+    if isinstance(result, dict) and len(result.get("invalid") or ()) > STATUS_INVALID_FILES:
+        invalid = result["invalid"]
+        return {
+            **result,
+            "invalid": invalid[:STATUS_INVALID_FILES],
+            "invalid_count": len(invalid),
+        }
+    return result
 
 
 def _brief(result: Any) -> str:

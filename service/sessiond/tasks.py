@@ -22,7 +22,11 @@ from sessionstore.errors import SessionStoreError, ShuttingDown
 
 log = logging.getLogger("sessiond.tasks")
 
-Steps = Generator[None, None, Any]
+Steps = Generator[float | None, None, Any]
+"""A sliced job: each ``next()`` runs one slice. A yielded number says the job had
+nothing to do (it waits on work elsewhere, e.g. reconcile's reader process): the
+loop may then wait up to that many seconds for requests before the next slice,
+instead of spinning."""
 
 
 @dataclass(eq=False)
@@ -46,6 +50,8 @@ class SlicedTasks:
 
     def __init__(self) -> None:
         self._queue: collections.deque[Task] = collections.deque()
+        self.wait_seconds = 0.0
+        """What the last slice asked the loop to wait (0: run the next one at once)."""
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -60,7 +66,7 @@ class SlicedTasks:
             if task.steps is None:
                 assert task.make_steps is not None
                 task.steps = task.make_steps()
-            next(task.steps)
+            self.wait_seconds = next(task.steps) or 0.0
             return
         except StopIteration as done:
             task.future.set_result(done.value)
@@ -69,6 +75,7 @@ class SlicedTasks:
                 "%s failed: %s", task.name, err, exc_info=not isinstance(err, SessionStoreError)
             )
             task.future.set_exception(err)
+        self.wait_seconds = 0.0
         self._queue.popleft()
 
     def refuse_all(self) -> None:

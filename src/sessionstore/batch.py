@@ -72,7 +72,28 @@ class OutcomeWrite:
     """Unix time after which the write is refused unapplied (its sender gave up); None: never."""
 
 
-Write = SessionWrite | OutcomeWrite
+@dataclass(frozen=True, slots=True)
+class SessionRowWrite:
+    """A session row encoded already (reconcile's: parsed and encoded off the loop)."""
+
+    session_id: str
+    parent_session_id: str | None
+    row: tuple[Any, ...]
+    request_id: None = None
+    deadline: None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRowsWrite:
+    """Outcome rows of one session encoded already (reconcile's); applied or refused together."""
+
+    session_id: str
+    rows: list[tuple[Any, ...]]
+    request_id: None = None
+    deadline: None = None
+
+
+Write = SessionWrite | OutcomeWrite | SessionRowWrite | OutcomeRowsWrite
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +247,9 @@ def _apply_in_savepoint(conn: sqlite3.Connection, write: Write) -> WriteResult:
 
 def _apply_one(conn: sqlite3.Connection, write: Write) -> bool:
     """Apply one write inside the open savepoint; True if its request id was seen before."""
+    if isinstance(write, SessionRowWrite | OutcomeRowsWrite):
+        _apply_rows(conn, write)
+        return False
     row = _row(write)
     if write.request_id is not None:
         op, digest = _op_and_digest(write, row)
@@ -322,7 +346,23 @@ def _settle_expired(write: Write, now: float, applied_ids: dict[str, _Applied]) 
 def _row(write: Write) -> tuple[Any, ...]:
     if isinstance(write, SessionWrite):
         return session_row(write.session)
-    return outcome_row(write.session_id, write.outcome, write.edit)
+    if isinstance(write, OutcomeWrite):
+        return outcome_row(write.session_id, write.outcome, write.edit)
+    raise TypeError(f"{type(write).__name__} carries its rows already")  # reconcile's: no id
+
+
+def _apply_rows(conn: sqlite3.Connection, write: SessionRowWrite | OutcomeRowsWrite) -> None:
+    if isinstance(write, SessionRowWrite):
+        parent = write.parent_session_id
+        if parent is not None and parent != write.session_id and not _has_session(conn, parent):
+            raise UnknownSession(
+                f"session {write.session_id!r}: parent session {parent!r} is not in the index"
+            )
+        conn.execute(UPSERT_SESSION, write.row)
+        return
+    if not _has_session(conn, write.session_id):
+        raise UnknownSession(f"outcomes of session {write.session_id!r}: it is not in the index")
+    conn.executemany(INSERT_OUTCOME, write.rows)
 
 
 def _has_session(conn: sqlite3.Connection, session_id: str) -> bool:
@@ -331,6 +371,8 @@ def _has_session(conn: sqlite3.Connection, session_id: str) -> bool:
 
 
 def _describe(write: Write) -> str:
+    if isinstance(write, SessionRowWrite | OutcomeRowsWrite):
+        return f"rows of session {write.session_id!r}"
     if isinstance(write, SessionWrite):
         return f"save_session {shorten(write.session.id)}"
     return f"save_outcome {shorten(write.outcome.edit_id)} for session {shorten(write.session_id)}"

@@ -29,7 +29,7 @@ import zmq
 import zmq.auth
 from pydantic import TypeAdapter, ValidationError
 
-from sessionstore import protocol, retries
+from sessionstore import paging, protocol, retries
 from sessionstore.config import load_settings
 from sessionstore.errors import (
     ConfigError,
@@ -162,15 +162,17 @@ class SessionStoreClient:
     def list_sessions(
         self, status: SessionStatus | None = None, limit: int | None = None
     ) -> list[LearningSession]:
+        """Newest first, in pages underneath (see :mod:`sessionstore.paging` for what a
+        paged listing guarantees); the timeout applies to each page."""
         wire_status, wire_limit = listing_args(status, limit)  # the store's rules, checked here
-        result = self._query("list_sessions", status=wire_status, limit=wire_limit)
+        result = paging.list_sessions(self._query, wire_status, wire_limit)
         return _records(self._models.sessions, result, "list_sessions")
 
     def list_outcomes(self, session_id: str) -> list[EditOutcome]:
         sid = query_id(session_id)
         if sid is None:
             return []
-        result = self._query("list_outcomes", session_id=sid)
+        result = paging.list_outcomes(self._query, sid)
         return _records(self._models.outcomes, result, "list_outcomes")
 
     # -- operations ------------------------------------------------------------------

@@ -132,6 +132,28 @@ class Settings(BaseSettings):
         "them, and clients reconnect. Lower if the open-files limit cannot hold twice as "
         "many (see docs/limits.md).",
     )
+    max_reply_bytes: int = Field(
+        default=1 << 20,
+        ge=4096,
+        le=1 << 30,
+        description="Largest reply to a read: listings come in pages under this size (the "
+        "client pages by itself); only a single record bigger than this is sent whole, alone.",
+    )
+    peer_reply_bytes: int = Field(
+        default=2 << 20,
+        ge=4096,
+        le=1 << 34,
+        description="Reply bytes (of replies of 1 KiB and up) queued for one connection that "
+        "has not read them yet; past it, reads from that connection are refused as "
+        "unavailable until it reads.",
+    )
+    total_reply_bytes: int = Field(
+        default=32 << 20,
+        ge=4096,
+        le=1 << 36,
+        description="Reply bytes (of replies of 1 KiB and up) queued for all connections "
+        "together; past it, reads are refused as unavailable until peers read.",
+    )
     query_threads: int = Field(
         default=2,
         ge=0,
@@ -178,6 +200,29 @@ class Settings(BaseSettings):
         ge=1,
         description="session.json files handled per loop slice (about 5 ms each; saves are "
         "served between slices).",
+    )
+    reconcile_max_file_bytes: int = Field(
+        default=32 << 20,
+        ge=4096,
+        le=1 << 30,
+        description="Largest session.json or plan.json reconcile reads (a bigger one is "
+        "reported, unread). Its reader process holds about 10-16 times the file it parses "
+        "(measured: 335 MiB for a 21 MiB file of 100,000 outcomes).",
+    )
+    reconcile_slice_bytes: int = Field(
+        default=1 << 20,
+        ge=4096,
+        le=1 << 30,
+        description="Bytes of rows one reconcile slice writes (a single bigger session row "
+        "is written alone): bounds a slice's transaction and the parsed rows the daemon "
+        "holds. Files are read and parsed by a child process, one at a time.",
+    )
+    reconcile_slice_ms: float = Field(
+        default=50.0,
+        gt=0,
+        le=10_000,
+        description="Milliseconds one reconcile slice may spend taking parsed rows before it "
+        "writes them; saves are served between slices.",
     )
     integrity_interval: float = Field(
         default=86_400.0, gt=0, description="Seconds between PRAGMA quick_check runs."

@@ -28,8 +28,9 @@ MAX_FILE_BYTES = 32 << 20
 SETTLE_SECONDS = 2.0
 """A file modified more recently than this is reconciled but its state is not recorded."""
 
-FileState = tuple[str, int, int, str]
-"""(path relative to the learning root, size, mtime_ns, session id), as recorded."""
+FileState = tuple[str, int, int, str | None]
+"""(path relative to the learning root, size, mtime_ns, session id), as recorded; no
+session id for a file recorded as unusable."""
 
 
 class UnusableFile(Exception):
@@ -83,8 +84,9 @@ _OPEN_FLAGS = (
 )
 
 
-def read_bytes(path: str) -> tuple[bytes, os.stat_result]:
-    """Read a file read-only (never blocking on a FIFO); its stat is that of what was read."""
+def read_bytes(path: str, max_bytes: int = MAX_FILE_BYTES) -> tuple[bytes, os.stat_result]:
+    """Read a file read-only (never blocking on a FIFO); its stat is that of what was read.
+    A file larger than ``max_bytes`` is refused before it is read."""
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError as err:
@@ -93,15 +95,15 @@ def read_bytes(path: str) -> tuple[bytes, os.stat_result]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UnusableFile("not a regular file")
-        if st.st_size > MAX_FILE_BYTES:
-            raise UnusableFile(f"larger than {MAX_FILE_BYTES} bytes ({st.st_size})")
+        if st.st_size > max_bytes:
+            raise UnusableFile(f"larger than {max_bytes} bytes ({st.st_size})")
         chunks = []
         total = 0
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
             total += len(chunk)
-            if total > MAX_FILE_BYTES:
-                raise UnusableFile(f"larger than {MAX_FILE_BYTES} bytes")
+            if total > max_bytes:
+                raise UnusableFile(f"larger than {max_bytes} bytes")
         return b"".join(chunks), st
     except OSError as err:
         raise UnusableFile(f"cannot read: {err.strerror or err}") from None

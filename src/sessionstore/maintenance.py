@@ -14,15 +14,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sessionstore import schema
 from sessionstore.errors import InvalidRecord
-from sessionstore.models import EditOutcome
-from sessionstore.records import OUTCOME_VALUE_COLUMNS, OutcomeEdit, outcome_values
+from sessionstore.records import OUTCOME_VALUE_COLUMNS, OutcomeEdit
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,16 +120,14 @@ class IndexMaintenance:
                 rows,
             )
 
-    def correct_outcomes(self, corrections: Sequence[tuple[str, EditOutcome]]) -> int:
-        """Rewrite the outcome fields of each (session id, outcome's edit id) row from
-        ``outcome``; returns rows changed. Only where exactly one row has that edit id:
-        a repeated edit id does not say which row the file means, so it is left alone
-        (the guard is in the UPDATE itself). The Edit fields are kept."""
+    def correct_outcomes(self, corrections: Sequence[tuple[str, str, tuple[Any, ...]]]) -> int:
+        """Rewrite the outcome fields of each (session id, edit id) row from ``values``
+        (:func:`~sessionstore.records.outcome_values` of the file's outcome); returns rows
+        changed. Only where exactly one row has that edit id: a repeated edit id does not
+        say which row the file means, so it is left alone (the guard is in the UPDATE
+        itself). The Edit fields are kept."""
         self._require_writable("correct_outcomes")
-        rows = [
-            (*outcome_values(outcome), sid, outcome.edit_id, sid, outcome.edit_id)
-            for sid, outcome in corrections
-        ]
+        rows = [(*values, sid, eid, sid, eid) for sid, eid, values in corrections]
         assign = ", ".join(f"{column} = ?" for column in OUTCOME_VALUE_COLUMNS)
         with self._lock:
             return self._write_many(
@@ -185,17 +182,33 @@ class IndexMaintenance:
             rows = self._read("SELECT path, size, mtime_ns FROM reconcile_files").fetchall()
         return {row[0]: (row[1], row[2]) for row in rows}
 
-    def record_file_states(self, states: Iterable[tuple[str, int, int, str | None]]) -> None:
-        """Remember (path, size, mtime_ns, session_id) for files reconcile has handled."""
+    def file_problems(self) -> dict[str, str]:
+        """Per file path recorded as unusable for what it holds: the reason."""
+        with self._lock:
+            rows = self._read(
+                "SELECT path, problem FROM reconcile_files WHERE problem IS NOT NULL"
+            ).fetchall()
+        return {row[0]: row[1] for row in rows}
+
+    def record_file_states(
+        self,
+        states: Iterable[tuple[str, int, int, str | None]],
+        *,
+        problems: Mapping[str, str] | None = None,
+    ) -> None:
+        """Remember (path, size, mtime_ns, session_id) for files reconcile has handled;
+        ``problems`` gives the reason for those recorded as unusable (by path)."""
         self._require_writable("record_file_states")
+        problems = problems or {}
         now = time.time()
         with self._lock:
             self._write_many(
-                "INSERT INTO reconcile_files (path, size, mtime_ns, session_id, scanned_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
-                "mtime_ns = excluded.mtime_ns, session_id = excluded.session_id, "
-                "scanned_at = excluded.scanned_at",
-                [(*state, now) for state in states],
+                "INSERT INTO reconcile_files (path, size, mtime_ns, session_id, scanned_at, "
+                "problem) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+                "size = excluded.size, mtime_ns = excluded.mtime_ns, "
+                "session_id = excluded.session_id, scanned_at = excluded.scanned_at, "
+                "problem = excluded.problem",
+                [(*state, now, problems.get(state[0])) for state in states],
             )
 
     def prune_applied_requests(self, older_than_seconds: float) -> int:

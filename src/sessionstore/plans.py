@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from sessionstore.errors import shorten
 from sessionstore.filereading import (
+    MAX_FILE_BYTES,
     SESSIONS_DIR,
     FileState,
     UnusableFile,
@@ -80,7 +81,9 @@ def plan_rel(name: str) -> str:
     return f"{SESSIONS_DIR}/{name}/{PLAN_FILE}"
 
 
-def read_plan(sessions: Path, real_sessions: str, name: str) -> PlanEdits:
+def read_plan(
+    sessions: Path, real_sessions: str, name: str, max_bytes: int = MAX_FILE_BYTES
+) -> PlanEdits:
     """Session ``name``'s plan.json edits by id, and why an absent edit gets a placeholder.
 
     Its state is the stat taken before reading: if the file changes in between, the
@@ -95,7 +98,7 @@ def read_plan(sessions: Path, real_sessions: str, name: str) -> PlanEdits:
         return PlanEdits({}, invalid, problem=str(err))
     state = (plan_rel(name), st.st_size, st.st_mtime_ns, name) if settled(st) else None
     try:
-        plan = LearningPlan.model_validate(parse_json(read_bytes(path)[0]))
+        plan = LearningPlan.model_validate(parse_json(read_bytes(path, max_bytes)[0]))
         if plan.session_id != name:
             raise UnusableFile(
                 f"session_id {shorten(plan.session_id)} does not match directory {shorten(name)}"

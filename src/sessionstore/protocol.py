@@ -37,7 +37,11 @@ SAVE_OPS = frozenset({"save_session", "save_outcome"})
 # save_batch carries up to this many save requests, each with its own id and result:
 # one frame and one reply for many saves (the pipeline's way to cut per-message cost).
 MAX_BATCH_ITEMS = 1000
-QUERY_OPS = frozenset({"get_session", "list_sessions", "list_outcomes"})
+# The *_page ops answer one page of a listing, cut to the daemon's max_reply_bytes, with
+# the key to ask for the next; the unpaged ops are refused as too_large past that size.
+QUERY_OPS = frozenset(
+    {"get_session", "list_sessions", "list_outcomes", "list_sessions_page", "list_outcomes_page"}
+)
 ADMIN_OPS = frozenset({"status", "checkpoint", "reconcile", "integrity_check"})
 OPS = SAVE_OPS | {"save_batch"} | QUERY_OPS | ADMIN_OPS
 
@@ -51,6 +55,8 @@ _FIELDS: dict[str, dict[str, bool]] = {
     "get_session": {"session_id": True},
     "list_sessions": {"status": False, "limit": False},
     "list_outcomes": {"session_id": True},
+    "list_sessions_page": {"status": False, "limit": False, "after": False},
+    "list_outcomes_page": {"session_id": True, "after": False},
     "status": {},
     "checkpoint": {"mode": False},
     "reconcile": {"dry_run": False, "full": False},
@@ -303,7 +309,7 @@ def _decode_list_sessions(request_id: str, op: str, obj: dict[str, Any]) -> Requ
     status, limit = obj.get("status"), obj.get("limit")
     if status is not None:
         if not isinstance(status, str):
-            raise MalformedRequest("list_sessions: status must be a string or null")
+            raise MalformedRequest(f"{op}: status must be a string or null")
         try:
             status = SessionStatus(status)
         except ValueError:
@@ -311,8 +317,38 @@ def _decode_list_sessions(request_id: str, op: str, obj: dict[str, Any]) -> Requ
     if limit is not None and (
         isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**63
     ):
-        raise MalformedRequest("list_sessions: limit must be an integer from 0 to 2**63-1, or null")
-    return Request(request_id, op, params={"status": status, "limit": limit})
+        raise MalformedRequest(f"{op}: limit must be an integer from 0 to 2**63-1, or null")
+    params: dict[str, Any] = {"status": status, "limit": limit}
+    if op == "list_sessions_page":
+        params["after"] = _session_key(obj.get("after"), op)
+    return Request(request_id, op, params=params)
+
+
+def _session_key(after: Any, op: str) -> tuple[str, str] | None:
+    """A listing page's ``after``: null, or the ``next`` of the page before it."""
+    if after is None:
+        return None
+    if (
+        not isinstance(after, dict)
+        or set(after) != {"started_at", "id"}
+        or not all(isinstance(v, str) for v in after.values())
+    ):
+        raise MalformedRequest(
+            f"{op}: after must be null or the next key of the page before "
+            '({"started_at": "...", "id": "..."})'
+        )
+    return after["started_at"], after["id"]
+
+
+def _decode_list_outcomes_page(request_id: str, op: str, obj: dict[str, Any]) -> Request:
+    after = obj.get("after")
+    if after is not None and (
+        isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < 2**63
+    ):
+        raise MalformedRequest(f"{op}: after must be null or the next key of the page before")
+    return Request(
+        request_id, op, params={"session_id": _string(obj, "session_id", op), "after": after}
+    )
 
 
 def _decode_admin(request_id: str, op: str, obj: dict[str, Any]) -> Request:
@@ -354,6 +390,8 @@ _DECODERS = {
     "get_session": _decode_session_query,
     "list_outcomes": _decode_session_query,
     "list_sessions": _decode_list_sessions,
+    "list_sessions_page": _decode_list_sessions,
+    "list_outcomes_page": _decode_list_outcomes_page,
     "status": _decode_admin,
     "checkpoint": _decode_admin,
     "reconcile": _decode_admin,
@@ -403,6 +441,23 @@ def ok_reply_head(request_id: str | None) -> bytes:
 def encode_ok_json(request_id: str | None, result_json: bytes) -> bytes:
     """:func:`encode_ok` around a result that is JSON already (a read's records)."""
     return ok_reply_head(request_id) + result_json + b"}"
+
+
+_REPLY_PREFIX = f'{{"v":{VERSION},"id":'.encode()
+
+
+def reply_id(reply: bytes | bytearray) -> str | None:
+    """The request id of an encoded reply, read from its head: every reply this module
+    encodes starts ``{"v":1,"id":``. For replying about a reply (one withheld) without
+    parsing what may be megabytes of records."""
+    if not reply.startswith(_REPLY_PREFIX):
+        return None
+    head = bytes(reply[len(_REPLY_PREFIX) : len(_REPLY_PREFIX) + 8 * MAX_ID_LENGTH])
+    try:
+        value, _ = json.JSONDecoder().raw_decode(head.decode("utf-8", "replace"))
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
 
 
 def encode_error(request_id: str | None, err: SessionStoreError) -> bytes:

@@ -117,12 +117,15 @@ _V3_RECONCILE_FILES = [
 _V4_REQUEST_DIGESTS = [
     "ALTER TABLE applied_requests ADD COLUMN digest BLOB",
 ]
+# Version 5: why reconcile could not use a file, so an unchanged one is not read again.
+_V5_RECONCILE_PROBLEMS = ["ALTER TABLE reconcile_files ADD COLUMN problem TEXT"]
 
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, _V1_ORIGINAL),
     (2, _V2_APPLIED_REQUESTS),
     (3, _V3_RECONCILE_FILES),
     (4, _V4_REQUEST_DIGESTS),
+    (5, _V5_RECONCILE_PROBLEMS),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

@@ -14,8 +14,10 @@ to report.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from sessionstore.errors import InvalidRecord, shorten
 from sessionstore.filereading import SESSIONS_DIR, UnusableFile, parse_json, read_bytes, settled
@@ -72,29 +74,46 @@ def list_session_dirs(sessions: Path) -> list[tuple[str, bool]]:
 def read_session(path: str, name: str) -> SessionFile:
     """Session ``name`` from its session.json at ``path`` (found by ``locate``)."""
     data, st = read_bytes(path)
-    session = _storable_session(parse_json(data))
-    if session.id != name:
-        raise UnusableFile(f"id {shorten(session.id)} does not match directory {shorten(name)}")
+    session = parse_session(data, name)
     return SessionFile(name, session_rel(name), session, st.st_size, st.st_mtime_ns, settled(st))
 
 
+def parse_session(data: bytes, name: str) -> LearningSession:
+    """Session ``name`` from the bytes of its session.json; what is wrong with them is
+    an :class:`UnusableFile` (a problem of the content: it stays until the file changes)."""
+    session = _storable_session(parse_json(data))
+    if session.id != name:
+        raise UnusableFile(f"id {shorten(session.id)} does not match directory {shorten(name)}")
+    return session
+
+
+T = TypeVar("T")
+
+
+def _ids(item: SessionFile) -> tuple[str, str | None]:
+    return item.session.id, item.session.parent_session_id
+
+
 def parents_first(
-    files: list[SessionFile], known: set[str]
-) -> tuple[list[SessionFile], list[SessionFile]]:
+    files: list[T],
+    known: set[str],
+    ids: Callable[[T], tuple[str, str | None]] = _ids,  # type: ignore[assignment]
+) -> tuple[list[T], list[T]]:
     """Order files so each parent precedes its children; the rest have no reachable parent.
 
-    ``known``: session ids already in the index.
+    ``known``: session ids already in the index. ``ids(item)``: its (session id,
+    parent session id); by default ``item`` is a :class:`SessionFile`.
     """
-    ordered: list[SessionFile] = []
+    ordered: list[T] = []
     placed: set[str] = set()
     remaining = files
     while remaining:
         left = []
         for item in remaining:
-            parent = item.session.parent_session_id
-            if parent is None or parent == item.session.id or parent in known or parent in placed:
+            sid, parent = ids(item)
+            if parent is None or parent == sid or parent in known or parent in placed:
                 ordered.append(item)
-                placed.add(item.session.id)
+                placed.add(sid)
             else:
                 left.append(item)
         if len(left) == len(remaining):
@@ -123,6 +142,7 @@ __all__ = [
     "SessionFile",
     "list_session_dirs",
     "parents_first",
+    "parse_session",
     "read_session",
     "session_rel",
 ]

@@ -24,7 +24,9 @@ from urllib.parse import quote
 
 from sessionstore import schema
 from sessionstore.batch import (
+    OutcomeRowsWrite,
     OutcomeWrite,
+    SessionRowWrite,
     SessionWrite,
     Write,
     WriteResult,
@@ -46,6 +48,9 @@ Durability = Literal["full", "normal"]
 
 _SESSION_SELECT = f"SELECT {', '.join(schema.SESSION_COLUMNS)} FROM learning_sessions"
 _OUTCOME_FIELDS = "edit_id, status, benchmark_delta, cluster_deltas, error, applied_at"
+
+SessionKey = tuple[str, str]
+"""A session's place in a listing: its ``started_at`` as stored, and its id."""
 
 
 def _storage_failure(action: str, err: sqlite3.Error) -> StorageFailure:
@@ -180,16 +185,26 @@ class SessionStore(IndexMaintenance):
             return sessions_from_rows(rows, outcome_rows, self._models)
 
     def iter_sessions(
-        self, status: SessionStatus | None = None, limit: int | None = None, *, chunk: int = 256
-    ) -> Generator[list[LearningSession], None, None]:
-        """:meth:`list_sessions`, ``chunk`` sessions at a time, all from one read transaction.
+        self,
+        status: SessionStatus | None = None,
+        limit: int | None = None,
+        *,
+        chunk: int = 256,
+        after: SessionKey | None = None,
+    ) -> Generator[list[tuple[SessionKey, LearningSession]], None, None]:
+        """:meth:`list_sessions`, ``chunk`` sessions at a time, all from one read transaction,
+        each with its :data:`SessionKey`; ``after`` starts past that key (keyset paging).
 
         For the daemon's readers, which encode each chunk and let it go: a listing
         then holds its reply and one chunk of models, not every model at once (8,000
         sessions with 80,000 outcomes took a reader ~300 MB). One outcome query per
         chunk. Close the iterator (or exhaust it) to end the read transaction.
+
+        The key is the stored ``started_at`` text and the id, the listing's order: a
+        page that ends at a key and a next page that starts ``after`` it neither repeat
+        nor skip a session whose key did not change in between, whatever was saved.
         """
-        where, order, params = _listing_query(status, limit)
+        where, order, params = _listing_query(status, limit, after)
         with self._read_transaction():
             cursor = self._read(f"{_SESSION_SELECT}{where}{order}", params)
             while rows := cursor.fetchmany(chunk):
@@ -199,7 +214,24 @@ class SessionStore(IndexMaintenance):
                     f"WHERE session_id IN ({marks}) ORDER BY session_id, id",
                     [row[0] for row in rows],
                 ).fetchall()
-                yield sessions_from_rows(rows, outcome_rows, self._models)
+                sessions = sessions_from_rows(rows, outcome_rows, self._models)
+                yield [((row[6], row[0]), s) for row, s in zip(rows, sessions, strict=True)]
+
+    def iter_outcomes(
+        self, session_id: str, *, after: int | None = None, chunk: int = 256
+    ) -> Generator[list[tuple[int, EditOutcome]], None, None]:
+        """:meth:`list_outcomes` ``chunk`` rows at a time from one read transaction, each
+        with its row id; ``after`` starts past that row id (keyset paging: outcome rows
+        are only ever added, with growing ids, so pages neither repeat nor skip one)."""
+        with self._read_transaction():
+            cursor = self._read(
+                f"SELECT {_OUTCOME_FIELDS}, id FROM edit_outcomes "
+                "WHERE session_id = ? AND id > ? ORDER BY id",
+                (session_id, -1 if after is None else after),
+            )
+            while rows := cursor.fetchmany(chunk):
+                outcomes = outcomes_from_rows(rows, self._models)
+                yield [(row[-1], o) for row, o in zip(rows, outcomes, strict=True)]
 
     def _fetch_listing(
         self, where: str, order: str, params: list[object]
@@ -338,14 +370,24 @@ class SessionStore(IndexMaintenance):
         return changed
 
 
-def _listing_query(status: object, limit: object) -> tuple[str, str, list[object]]:
-    """The WHERE and ORDER/LIMIT clauses of a listing, and their parameters; bad values raise."""
+def _listing_query(
+    status: object, limit: object, after: SessionKey | None = None
+) -> tuple[str, str, list[object]]:
+    """The WHERE and ORDER/LIMIT clauses of a listing, and their parameters; bad values raise.
+
+    Newest ``started_at`` first, ties by id (also newest first), so the order is total
+    and a listing can be paged by key (``after``).
+    """
     status_value, count = listing_args(status, limit)
-    where, params = "", list[object]()
+    conditions, params = list[str](), list[object]()
     if status_value is not None:
-        where = " WHERE status = ?"
+        conditions.append("status = ?")
         params.append(status_value)
-    order = " ORDER BY started_at DESC"
+    if after is not None:
+        conditions.append("(started_at, id) < (?, ?)")
+        params += after
+    where = " WHERE " + " AND ".join(conditions) if conditions else ""
+    order = " ORDER BY started_at DESC, id DESC"
     if count is not None:
         order += " LIMIT ?"
         params.append(count)
@@ -357,7 +399,10 @@ def _listing_query(status: object, limit: object) -> tuple[str, str, list[object
 __all__ = [
     "CheckpointResult",
     "Durability",
+    "SessionKey",
+    "OutcomeRowsWrite",
     "OutcomeWrite",
+    "SessionRowWrite",
     "SessionStore",
     "SessionWrite",
     "Write",

@@ -342,6 +342,72 @@ GUARANTEES: tuple[Guarantee, ...] = (
         ),
     ),
     Guarantee(
+        title="Replies are bounded in bytes.",
+        tests=(
+            "tests/test_reply_bounds.py::test_listing_peers_that_never_read_do_not_pin_daemon_memory",
+            "tests/test_reply_bounds.py::test_an_unpaged_listing_past_max_reply_bytes_is_refused_and_pages_stay_under_it",
+            "tests/test_reply_bounds.py::test_one_connection_piling_up_listings_runs_few_of_them_and_others_are_served",
+            "tests/test_overload.py::test_fifty_clients_and_listing_peers_that_never_read_stay_under_the_bound",
+        ),
+        mutations=(
+            Mutation(
+                "listings_never_paged",
+                "a listing's reply grows past max_reply_bytes instead of ending its page",
+                "service/sessiond/queries.py",
+                (
+                    (
+                        "                if self._count and size > self._max_bytes:\n",
+                        "                if False:\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "no_reply_bytes_per_connection",
+                "replies queue for a connection that does not read, however many bytes",
+                "service/sessiond/replies.py",
+                (
+                    (
+                        "        if (peer or reads_running) and claim > self._peer_max:\n",
+                        "        if False:\n",
+                    ),
+                    ("        if peer and peer + size > self._peer_max:\n", "        if False:\n"),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="A paged listing lists each session once, in order.",
+        tests=(
+            "tests/test_reply_bounds.py::test_a_paged_listing_during_saves_lists_every_session_once_in_order",
+            "tests/test_store.py::test_iter_sessions_after_a_key_continues_the_listing_without_repeat_or_gap",
+            "tests/test_store.py::test_iter_outcomes_after_a_row_id_continues_in_insertion_order",
+        ),
+        mutations=(
+            Mutation(
+                "session_pages_overlap",
+                "a page of sessions starts at the last key of the one before, not past it",
+                "src/sessionstore/store.py",
+                (
+                    (
+                        '        conditions.append("(started_at, id) < (?, ?)")\n',
+                        '        conditions.append("(started_at, id) <= (?, ?)")\n',
+                    ),
+                ),
+            ),
+            Mutation(
+                "outcome_pages_overlap",
+                "a page of outcomes starts at the last row of the one before, not past it",
+                "src/sessionstore/store.py",
+                (
+                    (
+                        '"WHERE session_id = ? AND id > ? ORDER BY id",',
+                        '"WHERE session_id = ? AND id >= ? ORDER BY id",',
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
         title="Owner-only access.",
         tests=(
             "tests/test_access.py::test_learning_root_index_and_socket_are_owner_only_whatever_the_umask",
@@ -487,7 +553,7 @@ GUARANTEES: tuple[Guarantee, ...] = (
                 "service/sessiond/tasks.py",
                 (
                     (
-                        "            next(task.steps)\n            return\n",
+                        "            self.wait_seconds = next(task.steps) or 0.0\n            return\n",
                         "            while True:\n                next(task.steps)\n",
                     ),
                 ),
@@ -500,6 +566,59 @@ GUARANTEES: tuple[Guarantee, ...] = (
                     (
                         "        except Exception as err:\n            log.error(\n",
                         "        except Exception as err:\n            raise\n            log.error(\n",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="Reconcile never stalls the loop.",
+        tests=(
+            "tests/test_reconcile_stall.py::test_reconciling_big_files_keeps_watchdog_pings_and_saves_under_two_seconds",
+            "tests/test_reconcile_stall.py::test_a_reader_process_killed_mid_file_costs_that_file_for_this_pass_only",
+            "tests/test_reconcile_stall.py::test_a_daemon_stopped_mid_reconcile_leaves_no_reader_process_behind",
+        ),
+        mutations=(
+            Mutation(
+                "reconcile_reads_on_the_loop",
+                "session.json files are read and parsed on the loop thread",
+                "service/sessiond/jobs.py",
+                (
+                    (
+                        "        self._reader = ProcessReader(\n            settings.index_path,\n",
+                        "        self._reader = InProcessReader(\n            store,\n",
+                    ),
+                    (
+                        "from sessionstore.reconcile_reader import ProcessReader\n",
+                        "from sessionstore.reconcile_reader import InProcessReader, ProcessReader\n",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="The files win; reconcile only reads them.",
+        tests=(
+            "tests/test_reconcile.py::test_files_under_sessions_are_never_written_created_or_deleted",
+            "tests/test_reconcile.py::test_symlinks_never_lead_reconcile_out_of_sessions",
+            "tests/test_faults.py::test_lost_wal_loses_exactly_the_commits_after_the_last_checkpoint",
+            "tests/test_faults.py::test_reconcile_reports_unreadable_session_files_and_indexes_the_rest",
+        ),
+        mutations=(
+            Mutation(
+                "reconcile_follows_links",
+                "reconcile opens a session.json that is a symbolic link",
+                "src/sessionstore/filereading.py",
+                (('    | getattr(os, "O_NOFOLLOW", 0)\n', ""),),
+            ),
+            Mutation(
+                "missing_sessions_not_restored",
+                "a session the file has and the index lacks is not written from the file",
+                "src/sessionstore/reconcile_plan.py",
+                (
+                    (
+                        '            return "insert", list(session.edit_outcomes), []\n',
+                        "            return None, [], []\n",
                     ),
                 ),
             ),

@@ -373,6 +373,26 @@ GUARANTEES: tuple[Guarantee, ...] = (
                     ("        if peer and peer + size > self._peer_max:\n", "        if False:\n"),
                 ),
             ),
+            Mutation(
+                "no_reply_byte_bounds",
+                "replies queue for connections that do not read, however many bytes in all",
+                "service/sessiond/replies.py",
+                (
+                    (
+                        "        if (peer or reads_running) and claim > self._peer_max:\n",
+                        "        if False:\n",
+                    ),
+                    ("        if peer and peer + size > self._peer_max:\n", "        if False:\n"),
+                    (
+                        "\n        if self.queued_bytes and self.queued_bytes + self._reply_max > self._total_max:\n",
+                        "\n        if False:\n",
+                    ),
+                    (
+                        "        if read and self.queued_bytes and self.queued_bytes + size > self._total_max:\n",
+                        "        if False:\n",
+                    ),
+                ),
+            ),
         ),
     ),
     Guarantee(
@@ -391,6 +411,17 @@ GUARANTEES: tuple[Guarantee, ...] = (
                     (
                         '        conditions.append("(started_at, id) < (?, ?)")\n',
                         '        conditions.append("(started_at, id) <= (?, ?)")\n',
+                    ),
+                ),
+            ),
+            Mutation(
+                "session_pages_skip_ties",
+                "a page of sessions starts after the last started_at, skipping its ties",
+                "src/sessionstore/store.py",
+                (
+                    (
+                        '        conditions.append("(started_at, id) < (?, ?)")\n        params += after\n',
+                        '        conditions.append("started_at < ?")\n        params += after[:1]\n',
                     ),
                 ),
             ),
@@ -592,6 +623,7 @@ GUARANTEES: tuple[Guarantee, ...] = (
                         "from sessionstore.reconcile_reader import ProcessReader\n",
                         "from sessionstore.reconcile_reader import InProcessReader, ProcessReader\n",
                     ),
+                    ("        self._reader.stop()\n", "        self._reader.close()\n"),
                 ),
             ),
         ),
@@ -606,10 +638,21 @@ GUARANTEES: tuple[Guarantee, ...] = (
         ),
         mutations=(
             Mutation(
-                "reconcile_follows_links",
-                "reconcile opens a session.json that is a symbolic link",
+                "links_out_of_sessions_followed",
+                "reconcile reads a session.json that is a link to a file outside sessions/",
                 "src/sessionstore/filereading.py",
-                (('    | getattr(os, "O_NOFOLLOW", 0)\n', ""),),
+                (("        if not inside(target, real_sessions):\n", "        if False:\n"),),
+            ),
+            Mutation(
+                "reconcile_touches_the_files_it_reads",
+                "reading a session.json updates its modification time",
+                "src/sessionstore/filereading.py",
+                (
+                    (
+                        '        return b"".join(chunks), st\n',
+                        '        os.utime(path)\n        return b"".join(chunks), st\n',
+                    ),
+                ),
             ),
             Mutation(
                 "missing_sessions_not_restored",

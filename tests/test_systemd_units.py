@@ -252,9 +252,11 @@ def open_file_limits(limits: str) -> tuple[int, int]:
 def test_status_text_carries_the_status_line_and_follows_saves(service: Service) -> None:
     service.drop_in("status", "Environment=SESSIONSTORE_STATUS_INTERVAL=0.5\n")
     service.start()
-    before = wait_for_status(service, r"^0 saves applied in 0 batches, 0 rejected")
+    before = wait_for_status(service, r"^0 saves applied in 0 batches, 0 saves rejected")
     service.ask("save", "status", "4")
-    after = wait_for_status(service, r"^5 saves applied in \d+ batches, 0 rejected, last commit")
+    after = wait_for_status(
+        service, r"^5 saves applied in \d+ batches, 0 saves rejected, last commit"
+    )
     assert after != before
 
 

@@ -40,6 +40,7 @@ class JobState:
     failures: int = 0
     last_started_at: float | None = None
     last_duration_seconds: float | None = None
+    last_success_at: float | None = None
     last_result: Any = None
     last_error: str | None = None
 
@@ -49,6 +50,7 @@ class JobState:
             "failures": self.failures,
             "last_started_at": self.last_started_at,
             "last_duration_seconds": self.last_duration_seconds,
+            "last_success_at": self.last_success_at,
             "last_result": self.last_result,
             "last_error": self.last_error,
         }
@@ -173,7 +175,7 @@ class Jobs:
     def start(self) -> None:
         s = self._settings
         intervals = {
-            "checkpoint": s.checkpoint_interval if s.checkpoint_mode == "auto" else None,
+            "checkpoint": s.checkpoint_interval if s.daemon_checkpoints else None,
             "reconcile": s.reconcile_interval,
             "integrity": s.integrity_interval,
             "prune_request_ids": min(s.request_id_retention, 3600.0),
@@ -233,6 +235,7 @@ class Jobs:
             err = future.exception()
             if err is None:
                 state.last_result, state.last_error = future.result(), None
+                state.last_success_at = time.time()
                 log.info(
                     "%s done in %.3fs: %s",
                     name,

@@ -127,6 +127,13 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    from sessionstore.restore_cli import run_restore
+
+    settings = _settings(args, learning_root=args.learning_root, db_path=args.db)
+    return run_restore(settings, force=args.force, as_json=args.json)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from sessionstore.benchmarks.run import run_from_cli
 
@@ -209,6 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("rebuild", cmd_rebuild, "recreate the index from session.json files (daemon stopped)")
     p.add_argument("--learning-root", help="learning root (default $OPENJARVIS_HOME/learning)")
     p.add_argument("--db", help="index database path (default <learning root>/distillation.db)")
+    p = add(
+        "restore",
+        cmd_restore,
+        "bring the index back from its Litestream replica, then reconcile (daemon stopped)",
+    )
+    p.add_argument("--learning-root", help="learning root (default $OPENJARVIS_HOME/learning)")
+    p.add_argument("--db", help="index database path (default <learning root>/distillation.db)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="restore over an index that holds records (it is kept as <index>.before-restore-…)",
+    )
     p = add("bench", cmd_bench, "measure the daemon against direct SQLite writers")
     from sessionstore.benchmarks.options import add_bench_arguments
 

@@ -45,6 +45,24 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def replicating(learning_root: Path) -> list[int]:
+    """Pids of the litestream processes replicating this learning root's index (found by
+    the config path on their command line), whoever started them."""
+    config = str(learning_root / "litestream.yml").encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ours = b"replicate" in argv and config in argv
+        if ours and Path(argv[0].decode()).name == "litestream" and alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
 def restore_cli(
     learning_root: Path, replica: str, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,11 @@ def alive(pid: int) -> bool:
 def replicating(learning_root: Path) -> list[int]:
     """Pids of the litestream processes replicating this learning root's index (found by
     the config path on their command line), whoever started them."""
-    config = str(learning_root / "litestream.yml").encode()
+    return litestreams(lambda config: config == learning_root / "litestream.yml")
+
+
+def litestreams(wanted: Callable[[Path], bool]) -> list[int]:
+    """Pids of running ``litestream replicate -config CONFIG`` processes, CONFIG wanted."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -57,8 +61,10 @@ def replicating(learning_root: Path) -> list[int]:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        ours = b"replicate" in argv and config in argv
-        if ours and Path(argv[0].decode()).name == "litestream" and alive(int(proc.name)):
+        if Path(argv[0].decode()).name != "litestream" or b"-config" not in argv:
+            continue
+        config = Path(argv[argv.index(b"-config") + 1].decode())
+        if b"replicate" in argv and wanted(config) and alive(int(proc.name)):
             found.append(int(proc.name))
     return found
 

@@ -21,7 +21,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +30,7 @@ from replication_helpers import (
     S3_KEYS,
     alive,
     litestream,
+    litestreams,
     replicating,
     restore_cli,
     restored,
@@ -53,6 +54,18 @@ from sessionstore.errors import ConfigError
 Factory = Callable[..., Daemon]
 WRITER_TIMEOUT = 5.0  # a writer gives up this long after the daemon is gone
 SYNC_INTERVAL = "0.2"
+
+
+@pytest.fixture(autouse=True)
+def no_litestream_outlives_its_daemon(tmp_path: Path) -> Iterator[None]:
+    """After each test, once its daemons are killed (daemon_factory's teardown runs
+    first: this fixture was set up before it), no litestream of its own is left."""
+    yield
+    wait_until(
+        lambda: not litestreams(lambda config: config.is_relative_to(tmp_path)),
+        30,
+        "every litestream of the test to exit after its daemon",
+    )
 
 
 def replicated(daemon_factory: Factory, replica: str, **env: str) -> Daemon:
@@ -157,6 +170,23 @@ def test_replicated_stop_is_prompt_and_uploads_the_last_saves(
     report = restored(root, f"file://{replica}")
     assert report["restored"] == {"sessions": 1, "outcomes": 500}
     assert len(outcome_ids(root / "distillation.db", "s")) == 500
+
+
+def test_a_save_right_after_a_restart_reaches_the_replica_at_stop(
+    daemon_factory: Factory, tmp_path: Path
+) -> None:
+    """READY=1 only once Litestream has taken the index, also on a restart (when its
+    tables are in the index already): a save made at once and a stop still upload."""
+    replica = f"file://{tmp_path / 'replica'}"
+    d = replicated(daemon_factory, replica)
+    assert d.stop() == 0
+    for n in range(3):
+        d.start()
+        SessionStoreClient(d.address, timeout=10).save_session(session(f"restart-{n}"))
+        assert d.stop() == 0
+    root = tmp_path / "elsewhere" / "learning"
+    restored(root, replica)
+    assert session_ids(root / "distillation.db") == {"restart-0", "restart-1", "restart-2"}
 
 
 # -- a crash of the daemon loses nothing acknowledged ------------------------------------------
@@ -317,6 +347,20 @@ def test_a_litestream_that_dies_is_started_again_and_catches_up(
         30,
         "the save made while litestream was down to reach the replica",
     )
+
+
+def test_a_daemon_killed_as_litestream_restarts_leaves_no_litestream_behind(
+    daemon_factory: Factory, tmp_path: Path
+) -> None:
+    """The daemon dies the moment it has started a new Litestream (before Litestream
+    itself has started): the stop must not be lost, or Litestream runs on, orphaned."""
+    d = replicated(daemon_factory, f"file://{tmp_path / 'replica'}")
+    for _ in range(5):
+        os.kill(replication(d)["pid"], signal.SIGKILL)
+        wait_until(lambda: replication(d)["restarts"] == 1, 30, "a new litestream")
+        d.kill()
+        wait_until(lambda: not replicating(d.learning_root), 30, "no litestream left running")
+        d.start()
 
 
 # -- restore -------------------------------------------------------------------------------

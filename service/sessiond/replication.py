@@ -16,8 +16,8 @@ one SIGTERM per daemon *thread* as a killed daemon's threads died one by one
 the replica). So:
 
 - Litestream starts after the schema is migrated and before READY=1; the start
-  waits until it has taken the index (its ``_litestream_seq`` table exists), and
-  fails with its exit status if it exits first (a bad URL, no credentials);
+  waits until it answers a sync of the index on its control socket, and fails
+  with its exit status if it exits first (an unknown scheme, a bad config);
 - SIGHUP, SIGINT and SIGTERM sent to the keeper or Litestream's group do not stop
   it (the keeper ignores them; Litestream ignores SIGHUP): ``systemctl reload`` and
   Ctrl-C reach the daemon only; the units use KillMode=mixed for the same reason;
@@ -33,10 +33,12 @@ checkpoint): Litestream must see every WAL frame before it goes into the databas
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 import os
 import signal
-import sqlite3
+import socket
 import subprocess
 import sys
 import threading
@@ -46,12 +48,19 @@ from typing import Any
 
 from sessionstore.config import Settings
 from sessionstore.errors import SessionStoreError
-from sessionstore.replica import find_litestream, litestream_environment, write_litestream_config
+from sessionstore.replica import (
+    control_socket,
+    find_litestream,
+    litestream_environment,
+    write_litestream_config,
+)
 
 log = logging.getLogger("sessiond.replication")
 
 START_TIMEOUT = 30.0
 """Seconds Litestream may take to take the index at start before the daemon goes on."""
+SYNC_TIMEOUT = 10.0
+"""Seconds one sync request to Litestream's control socket may take at start."""
 STOP_TIMEOUT = 30.0
 """Seconds Litestream may take for its final upload at shutdown before it is killed."""
 RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -63,15 +72,18 @@ HEALTHY_RUN = 300.0
 # Litestream's. It forks Litestream, then stops it with one SIGTERM once its stdin
 # (the daemon's pipe) reaches EOF, and exits with Litestream's status (128+N if a
 # signal N ended it). Litestream dies with the keeper if the keeper is killed.
+# SIGTERM and SIGINT are *blocked*, not ignored, across the fork: a stop that comes
+# before Litestream has started stays pending and is delivered when the Go runtime
+# unblocks them (an ignored one would be lost, and Litestream orphaned). SIGHUP is
+# ignored across the exec: Go keeps a signal ignored at start ignored.
 _KEEPER = """
 import ctypes, os, signal, sys, threading
-for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
-    signal.signal(sig, signal.SIG_IGN)
+STOP = {signal.SIGINT, signal.SIGTERM}
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+signal.pthread_sigmask(signal.SIG_BLOCK, STOP)
 keeper = os.getpid()
 child = os.fork()
 if child == 0:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # SIGHUP stays ignored: Go keeps it so
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != keeper:
         os._exit(70)
@@ -79,6 +91,9 @@ if child == 0:
         os.execv(sys.argv[1], sys.argv[1:])
     finally:
         os._exit(127)
+for sig in STOP:
+    signal.signal(sig, signal.SIG_IGN)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP)
 
 def stop_when_released():
     while os.read(0, 4096):
@@ -187,9 +202,17 @@ class Replicator:
             raise SessionStoreError(f"replication: cannot start {self._litestream}: {err}") from err
 
     def _await_takeover(self, keeper: subprocess.Popen[bytes]) -> None:
-        """Until Litestream's tables are in the index, or it exits (then the start fails)."""
+        """Until Litestream has taken the index, or exits (then the start fails).
+
+        Taken means: its control socket answers a sync of the index. It opens the socket
+        once the index is open and its signal handlers are set, and the sync makes it
+        set the index up for replication (its tables, its read lock) if it had not yet:
+        a daemon stopped a moment after READY=1 would otherwise find a Litestream with
+        nothing to upload on its way out.
+        """
+        socket_path = control_socket(self._settings)
         deadline = time.monotonic() + START_TIMEOUT
-        while not _has_litestream_tables(self._settings.index_path):
+        while not _synced(socket_path, self._settings.index_path):
             if keeper.poll() is not None:
                 self.last_exit = keeper.returncode
                 raise SessionStoreError(
@@ -198,8 +221,10 @@ class Replicator:
                 )
             if time.monotonic() > deadline:
                 log.warning(
-                    "litestream has not taken the index after %.0fs; serving anyway",
+                    "litestream has not taken the index after %.0fs (no sync through %s); "
+                    "serving anyway",
                     START_TIMEOUT,
+                    socket_path,
                 )
                 return
             self._stopping.wait(0.05)
@@ -244,18 +269,32 @@ def _release(keeper: subprocess.Popen[bytes]) -> None:
         keeper.stdin.close()
 
 
-def _has_litestream_tables(db_path: Path) -> bool:
-    """Whether Litestream has initialised the index (read-only, so it never takes a lock)."""
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("litestream", timeout=SYNC_TIMEOUT)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(SYNC_TIMEOUT)
+        self.sock.connect(str(self._path))
+
+
+def _synced(socket_path: Path, db_path: Path) -> bool:
+    """Whether Litestream's control socket answers a (local) sync of ``db_path``: a
+    socket file left by a Litestream killed outright refuses the connection."""
+    connection = _UnixHTTPConnection(socket_path)
     try:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1.0)
-    except sqlite3.Error:
-        return False
-    try:
-        row = conn.execute(
-            "SELECT count(*) FROM sqlite_master WHERE name IN ('_litestream_seq', '_litestream_lock')"
-        ).fetchone()
-        return bool(row[0] == 2)
-    except sqlite3.Error:
+        connection.request(
+            "POST",
+            "/sync",
+            json.dumps({"path": str(db_path)}),
+            {"Content-Type": "application/json"},
+        )
+        response = connection.getresponse()
+        response.read()
+        return response.status == 200
+    except OSError:
         return False
     finally:
-        conn.close()
+        connection.close()

@@ -31,6 +31,7 @@ from sessionstore.reconcile import reconcile
 from sessionstore.store import SessionStore
 
 CONFIG_FILENAME = "litestream.yml"
+CONTROL_SOCKET_FILENAME = "litestream.sock"
 RESTORE_TIMEOUT = 3600.0
 """Seconds ``litestream restore`` may take (a big index from a slow bucket)."""
 _SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -74,6 +75,12 @@ def litestream_environment(replica: str) -> tuple[dict[str, str], list[str]]:
     return environment, dropped
 
 
+def control_socket(settings: Settings) -> Path:
+    """Litestream's control socket (owner-only), beside the index: the daemon waits for it
+    at start, and ``litestream sync -wait -socket PATH INDEX`` forces an upload through it."""
+    return settings.index_path.with_name(CONTROL_SOCKET_FILENAME)
+
+
 def meta_dir(db_path: Path) -> Path:
     """Where Litestream keeps its local state for ``db_path`` (its default: beside it)."""
     return db_path.with_name(f".{db_path.name}-litestream")
@@ -99,6 +106,7 @@ def litestream_config(settings: Settings) -> dict[str, Any]:
             }
         ],
         "logging": {"level": _LOG_LEVELS[settings.log_level], "type": "text", "stderr": True},
+        "socket": {"enabled": True, "path": str(control_socket(settings)), "permissions": 0o600},
     }
 
 

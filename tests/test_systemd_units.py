@@ -592,3 +592,34 @@ def test_metrics_reach_the_host_through_the_socket_proxy_with_private_network(
     assert families["sessionstore_frames_received"].type == "counter"
     proxy = service.sandbox.show("sessionstore-metrics-proxy.service", "ActiveState", "User")
     assert proxy == {"ActiveState": "active", "User": "sessionstore"}
+
+
+@pytest.fixture
+def user_service(sandbox_venv: Path) -> Iterator[Service]:
+    yield from _service("user", sandbox_venv)
+
+
+@pytest.mark.timeout(180)
+def test_replicated_user_unit_as_the_drop_in_says(user_service: Service, tmp_path: Path) -> None:
+    """The user unit: KillMode=mixed in a drop-in, the replica named in sessiond.toml."""
+    from replication_helpers import restored
+
+    service = user_service
+    service.drop_in("replication", "KillMode=mixed\n")
+    replica = service.sandbox.home / "replica"
+    config = service.learning_root / "sessiond.toml"
+    config.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    config.write_text(f'replica = "{replica}"\n')
+    service.give_to_owner(service.learning_root)
+    service.start()
+    assert replication_state(service)["running"]
+    acked = service.ask("save", "user-replicated", "30")
+    service.sandbox.systemctl("reload", UNIT)
+    service.sandbox.wait_for_journal(UNIT, "reload: settings unchanged")
+    assert replication_state(service)["restarts"] == 0
+    service.sandbox.systemctl("stop", UNIT)
+    state = service.state("Result", "ExecMainStatus")
+    assert state == {"Result": "success", "ExecMainStatus": "0"}
+    root = tmp_path / "new-machine" / "learning"
+    restored(root, f"file://{replica}")
+    assert set(acked) <= set(outcome_ids(root / "distillation.db"))

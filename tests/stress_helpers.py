@@ -249,10 +249,10 @@ def pin_listings(address: str, peers: int, requests: int, ops: list[str]) -> lis
 
 
 def all_answered(client: SessionStoreClient, at_least: int) -> Callable[[], bool]:
-    """A predicate: ``at_least`` requests received, and no read left with the readers."""
+    """A predicate: ``at_least`` frames received, and no read left with the readers."""
 
     def check() -> bool:
         status = client.status()
-        return status["requests_received"] >= at_least and status["reads_pending"] == 0
+        return status["frames_received"] >= at_least and status["reads_pending"] == 0
 
     return check

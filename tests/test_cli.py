@@ -128,17 +128,17 @@ def test_status_table_and_json(run: Run, daemon: Daemon) -> None:
     seed(daemon)
     table = ok(run("status", "--address", daemon.address))
     assert daemon.address in table
-    for key in ("requests received", "requests applied", "wal size", "sessions"):
+    for key in ("frames received", "saves applied", "wal size", "sessions"):
         assert key in table
     assert "reconcile" in table  # the jobs table
     report = as_json(run("status", "--json", "--address", daemon.address))
     assert isinstance(report, dict)
     for key in (
-        "requests_received", "requests_applied", "requests_rejected", "batches",
+        "frames_received", "saves_applied", "saves_rejected", "batches",
         "db_bytes", "wal_bytes", "sessions", "outcomes", "jobs", "address",
     ):  # fmt: skip
         assert key in report, key
-    assert report["requests_applied"] == 5
+    assert report["saves_applied"] == 5
     assert (report["sessions"], report["outcomes"]) == (3, 2)
     assert report["address"] == daemon.address
 

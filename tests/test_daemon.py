@@ -86,7 +86,7 @@ def test_parallel_writers_every_ack_stored_once_and_in_order(daemon: Daemon) -> 
         assert len(acked) == writers[wid][0]
         assert stored_edit_ids(daemon.db_path, f"writer-{wid}") == acked
     status = SessionStoreClient(daemon.address, timeout=10).status()
-    assert status["requests_applied"] == sum(n for n, _ in writers.values()) + len(writers)
+    assert status["saves_applied"] == sum(n for n, _ in writers.values()) + len(writers)
     assert status["mean_batch_size"] > 1  # group commit happened
 
 
@@ -162,7 +162,7 @@ def test_save_for_unknown_session_is_refused_not_acked(daemon: Daemon) -> None:
     with pytest.raises(UnknownSession, match="nope"):
         client.save_outcome("nope", outcome("e1"), **EDIT)
     assert client.list_outcomes("nope") == []
-    assert client.status()["requests_rejected"] == {"unknown_session": 1}
+    assert client.status()["saves_rejected"] == {"unknown_session": 1}
 
 
 def test_invalid_record_is_refused_with_the_field_named(daemon: Daemon) -> None:
@@ -227,8 +227,9 @@ def test_every_malformed_frame_gets_an_error_reply_and_changes_nothing(daemon: D
     good = ask(sock, protocol.encode_request("good-1", "get_session", session_id="keep"))
     assert good["ok"] and good["result"]["id"] == "keep"
     assert (daemon.db_path.read_bytes(), Path(f"{daemon.db_path}-wal").read_bytes()) == before
-    rejected = client.status()["requests_rejected"]
-    assert sum(rejected.values()) == len(MALFORMED) + 2
+    status = client.status()
+    assert sum(status["frames_rejected"].values()) == len(MALFORMED) + 2  # one reply each
+    assert status["saves_rejected"] == {"unknown_session": 2}  # the two that were saves
 
 
 def test_oversized_frame_drops_the_connection_and_the_daemon_carries_on(daemon_factory) -> None:
@@ -345,12 +346,13 @@ def test_status_reports_counters_sizes_and_jobs(daemon: Daemon) -> None:
     client.save_session(session("s"))
     report = client.status()
     for key in (
-        "uptime_seconds", "requests_received", "requests_applied", "requests_rejected",
+        "uptime_seconds", "frames_received", "frames_rejected", "saves_applied",
+        "saves_duplicate", "saves_rejected",
         "batches", "mean_batch_size", "last_commit_ms", "db_bytes", "wal_bytes",
         "sessions", "outcomes", "jobs",
     ):  # fmt: skip
         assert key in report, key
-    assert report["sessions"] == 1 and report["requests_applied"] == 1
+    assert report["sessions"] == 1 and report["saves_applied"] == 1
     assert {"checkpoint", "reconcile", "integrity"} <= set(report["jobs"])
 
 

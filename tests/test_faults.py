@@ -173,7 +173,7 @@ def test_failed_commit_is_refused_with_storage_errors_and_writes_resume_after(
         client.save_session(session("big-client", trigger_metadata={"blob": "y" * BLOB}))
     assert d.proc is not None and d.proc.poll() is None
     status = client.status()
-    assert status["requests_rejected"].get("storage", 0) >= len(frames) + 1
+    assert status["saves_rejected"].get("storage", 0) >= len(frames) + 1
     assert status["outcomes"] == len(acked)
     assert re.search(r"ERROR .*batch of \d+ save\(s\) not committed", d.stderr())
 

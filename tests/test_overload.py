@@ -131,7 +131,7 @@ def test_fifty_clients_at_once_lose_nothing_acknowledged_and_memory_stays_bounde
     assert status["replies_dropped"] > 0  # replies for the non-reader are not hoarded
     print(
         f"overload: RSS baseline {rss.baseline_mib:.0f} MiB, peak {rss.peak_mib:.0f} MiB; "
-        f"applied {status['requests_applied']}, duplicates {status['requests_duplicate']}, "
+        f"applied {status['saves_applied']}, duplicates {status['saves_duplicate']}, "
         f"replies dropped {status['replies_dropped']}, largest batch {status['largest_batch']}"
     )
     assert rss.peak_mib < RSS_BOUND_MIB
@@ -175,7 +175,7 @@ def test_fifty_clients_and_listing_peers_that_never_read_stay_under_the_bound(
     )
     print(
         f"reply bytes queued at most {status['reply_bytes_queued_peak'] >> 20} MiB; refused "
-        f"over the reply limits {withheld}, too large {status['requests_rejected']['too_large']}"
+        f"over the reply limits {withheld}, too large {status["frames_rejected"]['too_large']}"
     )
     assert withheld > 0
 
@@ -191,7 +191,7 @@ def test_stalled_daemon_gives_clients_timeouts_never_silent_loss(
     probe = SessionStoreClient(d.address, timeout=10)
 
     def stall(failures_seen: object) -> None:
-        wait_until(lambda: probe.status()["requests_applied"] > 2000, 60, "load to build up")
+        wait_until(lambda: probe.status()["saves_applied"] > 2000, 60, "load to build up")
         os.kill(pid, signal.SIGSTOP)
         try:
             wait_until(lambda: failures_seen.value > 0, 60, "a client to time out")  # type: ignore[attr-defined]
@@ -254,7 +254,7 @@ def test_big_save_batch_frames_are_decoded_a_few_at_a_time(
     status = client.status()
     assert d.stop() == 0
     assert all(r["ok"] and all(item["ok"] for item in r["result"]) for r in replies)
-    assert status["requests_applied"] == 1 + BIG_FRAMES * SAVES_PER_FRAME
+    assert status["saves_applied"] == 1 + BIG_FRAMES * SAVES_PER_FRAME
     assert status["largest_batch"] <= 6 * SAVES_PER_FRAME  # 4 MiB: five frames, and one more
     print(f"big frames: RSS peak {rss.peak_mib:.0f} MiB, largest batch {status['largest_batch']}")
     assert rss.peak_mib < RSS_BOUND_MIB

@@ -187,7 +187,7 @@ def test_a_flood_of_reads_is_refused_past_the_queue_and_the_daemon_carries_on(
     assert drained(), "the readers never caught up"
     assert set(codes) <= {"ok", "unavailable"}, codes
     assert codes.get("ok", 0) >= 256  # everything queued was answered (none dropped: it read)
-    rejected = client.status()["requests_rejected"]
+    rejected = client.status()["frames_rejected"]
     assert rejected.get("unavailable", 0) >= 700 - 512  # a turn takes 512; 256 wait at most
     assert len(client.list_sessions(limit=3)) == 3  # and reads still work afterwards
     for sock in socks:

@@ -101,7 +101,7 @@ def test_listing_peers_that_never_read_do_not_pin_daemon_memory(
     print(f"pinned listings: RSS {rss.baseline_mib:.0f} -> {rss.peak_mib:.0f} MiB", end="; ")
     assert growth < bound_mib, f"daemon grew {growth:.0f} MiB"
     assert len(listed) == sessions + 1
-    refused = status["replies_refused_over_peer_bytes"] + status["requests_rejected"].get(
+    refused = status["replies_refused_over_peer_bytes"] + status["frames_rejected"].get(
         "too_large", 0
     )
     print(
@@ -240,7 +240,7 @@ def test_one_connection_piling_up_listings_runs_few_of_them_and_others_are_serve
     d = daemon_factory(filled_root(tmp_path / "learning", 2000, 10)).start()
     (pinned,) = pin_listings(d.address, 1, 200, ["list_sessions_page"])
     client = SessionStoreClient(d.address, timeout=30)
-    wait_until(lambda: client.status()["requests_received"] >= 200, 30, "the 200 listings")
+    wait_until(lambda: client.status()["frames_received"] >= 200, 30, "the 200 listings")
     started = time.monotonic()
     assert len(client.list_sessions(limit=5)) == 5
     assert client.get_session("bench-000001") is not None
@@ -248,7 +248,7 @@ def test_one_connection_piling_up_listings_runs_few_of_them_and_others_are_serve
     wait_until(all_answered(client, 200), 60, "the piled-up listings answered")
     status = client.status()
     pinned.close()
-    print(f"another client served in {served_in:.2f}s; refused {status['requests_rejected']}")
+    print(f"another client served in {served_in:.2f}s; refused {status["frames_rejected"]}")
     assert served_in < 5.0
     assert status["replies_refused_over_peer_bytes"] >= 190  # 2 MiB: two 1 MiB pages run
     assert d.stop() == 0

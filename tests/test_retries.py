@@ -57,13 +57,14 @@ def edit_ids(db_path: Path, session_id: str) -> list[str]:
 
 
 def rejected(client: SessionStoreClient, code: str) -> int:
-    return int(client.status()["requests_rejected"].get(code, 0))
+    return int(client.status()["saves_rejected"].get(code, 0))
 
 
 def settled(client: SessionStoreClient) -> int:
-    """Saves the daemon has answered, applied or refused as expired (resends included)."""
+    """Saves the daemon has answered: applied, duplicate or refused as expired."""
     report = client.status()
-    return int(report["requests_applied"]) + int(report["requests_rejected"].get("expired", 0))
+    answered = report["saves_applied"] + report["saves_duplicate"]
+    return int(answered) + int(report["saves_rejected"].get("expired", 0))
 
 
 # -- item 7: a save reported failed is not applied later; its retry applies it once -----
@@ -94,7 +95,7 @@ def test_saves_reported_failed_while_the_daemon_was_stopped_are_not_applied_late
     status = SessionStoreClient(daemon.address, timeout=10)
     wait_until(lambda: settled(status) >= 1 + 101, 20, "the queued saves to be settled")
     assert edit_ids(daemon.db_path, "s") == []
-    assert status.status()["requests_applied"] == 1  # the session only
+    assert status.status()["saves_applied"] == 1  # the session only
 
     # The caller's retry under the same ids applies each save once, however often it runs.
     for _ in range(2):
@@ -148,7 +149,7 @@ def test_a_save_without_deadline_is_applied_late_and_its_retry_is_a_duplicate(
     }  # fmt: skip
     client.save_outcome("s", outcome("e1"), **EDIT, request_id="old-client-1")
     assert edit_ids(daemon.db_path, "s") == ["e1"]
-    assert client.status()["requests_duplicate"] == 1
+    assert client.status()["saves_duplicate"] == 1
 
 
 def test_an_expired_save_is_refused_with_its_own_code_and_leaves_its_id_unused(
@@ -238,7 +239,7 @@ def test_request_id_must_be_one_the_daemon_accepts(daemon: Daemon) -> None:
         )  # not taken by the refusal
     with client.pipeline() as pipe:
         pipe.save_session(session("s"), request_id="mine")  # settled above: free again here
-    assert client.status()["requests_duplicate"] == 1
+    assert client.status()["saves_duplicate"] == 1
 
 
 # -- item 8: a request id names one save; other content under it is refused ------------
@@ -274,7 +275,7 @@ def test_reused_request_id_with_other_content_is_refused_never_acknowledged(
     assert reply["ok"] is False and reply["error"]["code"] == "id_conflict"
     assert edit_ids(daemon.db_path, "s") == ["e1", *(f"p{i}" for i in range(20))]
     assert client.get_session("s").status == "executing"  # type: ignore[union-attr]
-    assert client.status()["requests_rejected"]["id_conflict"] == 6
+    assert client.status()["saves_rejected"]["id_conflict"] == 6
 
 
 def test_direct_and_daemon_saves_agree_on_what_the_same_save_is(
@@ -300,7 +301,7 @@ def test_direct_and_daemon_saves_agree_on_what_the_same_save_is(
     o2 = make_outcome(benchmark_delta=1 / 3, cluster_deltas={"b": 1e-300, "a": -0.0})
     with client.pipeline() as pipe:
         pipe.save_outcome(later.id, o2, **EDIT, request_id="o2")
-    assert client.status()["requests_duplicate"] == 2
+    assert client.status()["saves_duplicate"] == 2
     assert d.stop() == 0
 
     direct = SessionStore(d.db_path)

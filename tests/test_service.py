@@ -356,7 +356,7 @@ def test_a_flood_of_bad_frames_is_rate_limited_in_the_log(daemon: Daemon) -> Non
     rejected = [line for line in log_lines(daemon) if "rejected request" in line]
     assert 1 <= len(rejected) <= 10, len(rejected)
     client = SessionStoreClient(daemon.address, timeout=10)
-    assert client.status()["requests_rejected"] == {"malformed": 100}  # all counted
+    assert client.status()["frames_rejected"] == {"malformed": 100}  # all counted
     client.save_session(session("after-flood"))  # and the daemon serves on
 
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -26,12 +27,16 @@ from sessiond.jobs import Jobs
 from sessiond.limits import raise_open_files_limit
 from sessiond.logs import configure_logging
 from sessiond.reload import Reloader
+from sessiond.replication import Replicator
 from sessiond.systemd import Notifier, journal_stream_active
 from sessionstore.config import Settings, is_loopback
 from sessionstore.errors import ConfigError, SessionStoreError
 from sessionstore.filemodes import tighten_index_files
 from sessionstore.lock import IndexLock
 from sessionstore.store import SessionStore
+
+if TYPE_CHECKING:
+    from sessiond.metrics import MetricsEndpoint
 
 log = logging.getLogger("sessiond")
 
@@ -131,8 +136,9 @@ def make_index_owner_only(db_path: Path) -> None:
 
 def _serve_locked(settings: Settings, reload_settings: Callable[[], Settings] | None) -> int:
     store = SessionStore(settings.index_path, durability=settings.durability)
-    if settings.checkpoint_mode == "off":
-        store.set_autocheckpoint(0)  # the external replicator checkpoints; we never do
+    if not settings.daemon_checkpoints:
+        store.set_autocheckpoint(0)  # Litestream (or another replicator) checkpoints; we never do
+    replicator = Replicator(settings) if settings.replica is not None else None
     context = zmq.Context()
     notifier = Notifier.from_env()
     loop = IngestLoop(store, settings, context)
@@ -141,12 +147,16 @@ def _serve_locked(settings: Settings, reload_settings: Callable[[], Settings] | 
     reloader = Reloader(settings, reload_settings, notifier, loop.stats.summary)
 
     def every_turn() -> None:
+        loop.stats.last_turn_at = time.time()
         heartbeat()
         reloader()
 
+    admin = jobs.admin_handlers()
+    if replicator is not None:
+        admin["status:replication"] = lambda params: replicator.status()
     loop.configure(
         heartbeat=every_turn,
-        admin=jobs.admin_handlers(),
+        admin=admin,
         idle_poll_ms=heartbeat.poll_ms,
         on_stopping=notifier.stopping,
     )
@@ -168,6 +178,9 @@ def _serve_locked(settings: Settings, reload_settings: Callable[[], Settings] | 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     # Until the very end: by default SIGHUP ends the process, also mid-checkpoint.
     previous_hangup = signal.signal(signal.SIGHUP, on_hangup)
+    metrics = _start_metrics(settings, loop, jobs, replicator)
+    if replicator is not None:
+        replicator.start()  # after the migration, before READY=1: see sessiond.replication
     jobs.start()
     counts = store.counts()
     notifier.ready()
@@ -184,6 +197,8 @@ def _serve_locked(settings: Settings, reload_settings: Callable[[], Settings] | 
         loop.run()
     finally:
         jobs.shutdown()
+        if metrics is not None:
+            metrics.close()  # its read-only connection too, before the index is closed
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         jobs.close()
@@ -193,18 +208,39 @@ def _serve_locked(settings: Settings, reload_settings: Callable[[], Settings] | 
         loop.close()
         context.term()
         store.close()
+        if replicator is not None:
+            replicator.stop()  # its final upload then holds every acknowledged save
         notifier.close()
         signal.signal(signal.SIGHUP, previous_hangup)
     log.info("sessiond %d stopped: %s", os.getpid(), loop.stats.summary())
     return 0
 
 
+def _start_metrics(
+    settings: Settings, loop: IngestLoop, jobs: Jobs, replicator: Replicator | None
+) -> MetricsEndpoint | None:
+    """The Prometheus endpoint, if ``metrics_address`` is set (bind errors fail the start)."""
+    if settings.metrics_address is None:
+        return None
+    from sessiond.metrics import DaemonCollector, MetricsEndpoint
+
+    collector = DaemonCollector(
+        loop.stats, jobs, settings.index_path, loop.reads_pending, replicator
+    )
+    endpoint = MetricsEndpoint(settings.metrics_address, collector)
+    endpoint.start()
+    return endpoint
+
+
 def _final_checkpoint(store: SessionStore, settings: Settings) -> None:
-    if settings.checkpoint_mode == "off":
+    """Copy the WAL into the index and truncate it, unless a reader stands in the way:
+    the stop never waits for one (a reader of another process, or Litestream's read
+    lock, would hold it for the whole busy timeout), and the WAL is kept for next time."""
+    if not settings.daemon_checkpoints:
         return
     try:
         copied = store.checkpoint("PASSIVE")
-        result = store.checkpoint("TRUNCATE")
+        result = store.checkpoint("TRUNCATE", wait=False)
         log.info(
             "final checkpoint: %d of %d WAL frames copied, blocked by readers: %s",
             copied.checkpointed_frames,

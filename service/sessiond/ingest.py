@@ -132,6 +132,10 @@ class IngestLoop:
         the loop answers reads itself)."""
         self._in_progress.start_readers(self.settings, self._wake)
 
+    def reads_pending(self) -> int:
+        """Reads handed to the readers and not yet answered (any thread may ask)."""
+        return self._in_progress.reads_pending
+
     def request_stop(self) -> None:
         """Ask the loop to drain and return; safe from a signal handler or another thread."""
         self._stopping = True
@@ -276,7 +280,7 @@ class IngestLoop:
             self.connections.check()  # a turn of 512 requests is too long to wait at capacity
 
     def _decode(self, frames: list[bytes]) -> protocol.Request | None:
-        self.stats.received += 1
+        self.stats.frames_received += 1
         identity = frames[0]
         if len(frames) != 2:
             self._reject(
@@ -324,8 +328,10 @@ class IngestLoop:
         if not writes:
             return []
         started = time.perf_counter()
+        failed = True
         try:
             results = self.store.apply_batch(writes)
+            failed = False
         except StorageFailure as err:
             log.error("batch of %d save(s) not committed: %s", len(writes), err)
             results = [WriteResult(ok=False, error=err)] * len(writes)
@@ -333,26 +339,35 @@ class IngestLoop:
             log.exception("batch of %d save(s) failed unexpectedly", len(writes))
             failure = InternalError(f"batch failed: {err}")
             results = [WriteResult(ok=False, error=failure)] * len(writes)
-        self.stats.record_batch(len(writes), (time.perf_counter() - started) * 1000)
+        # apply_batch commits exactly when one save was new (else it rolls back)
+        committed = any(result.ok and not result.duplicate for result in results)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self.stats.record_batch(len(writes), elapsed_ms, committed=committed, failed=failed)
         return results
 
     def _settle(self, request_id: str | None, result: WriteResult) -> dict[str, Any]:
         """Count one save's fate (and log a refusal); its entry for a save_batch reply."""
         if result.ok:
-            self.stats.applied += 1
-            self.stats.duplicates += result.duplicate
+            self._count_acknowledged(result)
             return protocol.item_result(request_id, True, duplicate=result.duplicate)
         assert result.error is not None
-        self._count_rejection(request_id, result.error)
+        self.stats.saves_rejected[result.error.code] += 1
+        self._log_rejection(request_id, result.error)
         return protocol.item_result(request_id, False, result.error)
+
+    def _count_acknowledged(self, result: WriteResult) -> None:
+        if result.duplicate:
+            self.stats.saves_duplicate += 1
+        else:
+            self.stats.saves_applied += 1
 
     def _reply_to_save(self, identity: bytes, request_id: str, result: WriteResult) -> None:
         if result.ok:
-            self.stats.applied += 1
-            self.stats.duplicates += result.duplicate
+            self._count_acknowledged(result)
             self._send(identity, protocol.encode_ack(request_id, duplicate=result.duplicate))
         else:
             assert result.error is not None
+            self.stats.saves_rejected[result.error.code] += 1
             self._reject(identity, request_id, result.error)
 
     def _answer(self, identity: bytes, request: protocol.Request) -> None:
@@ -395,7 +410,11 @@ class IngestLoop:
         self._send(identity, protocol.encode_error(request_id, err))
 
     def _count_rejection(self, request_id: str | None, err: SessionStoreError) -> None:
-        self.stats.rejected[err.code] += 1
+        """Count and log one frame answered with an error reply."""
+        self.stats.frames_rejected[err.code] += 1
+        self._log_rejection(request_id, err)
+
+    def _log_rejection(self, request_id: str | None, err: SessionStoreError) -> None:
         self._reject_log(err.code, f"rejected request {request_id or '(no id)'}: {err.code}: {err}")
 
     def _send(self, identity: bytes, payload: bytes | bytearray) -> None:

@@ -44,6 +44,7 @@ class JobState:
     failures: int = 0
     last_started_at: float | None = None
     last_duration_seconds: float | None = None
+    last_success_at: float | None = None
     last_result: Any = None
     last_error: str | None = None
 
@@ -53,6 +54,7 @@ class JobState:
             "failures": self.failures,
             "last_started_at": self.last_started_at,
             "last_duration_seconds": self.last_duration_seconds,
+            "last_success_at": self.last_success_at,
             "last_result": self.last_result,
             "last_error": self.last_error,
         }
@@ -203,7 +205,7 @@ class Jobs:
     def start(self) -> None:
         s = self._settings
         intervals = {
-            "checkpoint": s.checkpoint_interval if s.checkpoint_mode == "auto" else None,
+            "checkpoint": s.checkpoint_interval if s.daemon_checkpoints else None,
             "reconcile": s.reconcile_interval,
             "integrity": s.integrity_interval,
             "prune_request_ids": min(s.request_id_retention, 3600.0),
@@ -267,6 +269,7 @@ class Jobs:
             err = future.exception()
             if err is None:
                 state.last_result, state.last_error = _kept(future.result()), None
+                state.last_success_at = time.time()
                 log.info(
                     "%s done in %.3fs: %s",
                     name,

@@ -255,6 +255,20 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return _report_files_result("rebuild", f"rebuilt {settings.index_path}", report, args.json)
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    """The index back from its Litestream replica (daemon stopped), then a full reconcile."""
+    from sessionstore.replica import restore
+
+    report = restore(
+        _settings(args, learning_root=args.learning_root, db_path=args.db), force=args.force
+    )
+    if args.json:
+        print_json(report)
+    else:
+        render_result(f"restored {report['index']} from {report['restored_from']}", report)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from sessionstore.benchmarks.run import run_from_cli
 
@@ -380,6 +394,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="build from the session.json files alone: sessions only the old index holds "
         "(no session.json) are dropped, also when the old index cannot be read",
+    )
+    p = add(
+        "restore",
+        cmd_restore,
+        "bring the index back from its Litestream replica, then reconcile (daemon stopped)",
+    )
+    p.add_argument("--learning-root", metavar="DIR", help=root_help)
+    p.add_argument("--db", metavar="FILE", help=db_help)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="restore over an index that holds records (it is kept as <index>.before-restore-…)",
     )
     p = add("bench", cmd_bench, "measure the daemon against direct SQLite writers")
     from sessionstore.benchmarks.options import add_bench_arguments

@@ -30,6 +30,7 @@ CLIENT_OPTIONS = ("config", "address", "timeout", "json", "debug")
 ACCEPTS = {
     "serve": ("config", "address", "debug"),
     "rebuild": ("config", "json", "debug"),
+    "restore": ("config", "json", "debug"),
     "bench": ("config", "timeout", "json", "debug"),
     "keygen": ("json", "debug"),
     "config": ("config", "json", "debug"),

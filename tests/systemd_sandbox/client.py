@@ -9,6 +9,7 @@ the ack arrives); exit status 3 means the daemon could not be reached.
 - ``save ADDRESS SESSION N [TIMEOUT]``: save a session and N outcomes, one call each
 - ``load ADDRESS SESSION``: save outcomes until the daemon goes away
 - ``outcomes ADDRESS SESSION``: the edit ids stored for a session
+- ``status ADDRESS``: the daemon's status report
 - ``matrix ADDRESS``: every kind of request the daemon serves, from many threads
 - ``reject ADDRESS``: one malformed frame; prints the error code of the reply
 - ``connect PATH``: a bare AF_UNIX connect to the socket file; prints ok or the errno name
@@ -95,6 +96,11 @@ def outcomes(address: str, session_id: str) -> None:
         print(json.dumps([o.edit_id for o in client.list_outcomes(session_id)]))
 
 
+def status(address: str) -> None:
+    with SessionStoreClient(address, timeout=10) as client:
+        print(json.dumps(client.status(), default=str))
+
+
 def reject(address: str) -> None:
     context = zmq.Context.instance()
     sock = context.socket(zmq.DEALER)
@@ -155,7 +161,7 @@ def matrix(address: str) -> None:
             client.get_session(f"on-disk-{n}") is not None for n in range(3)
         ]
         report["integrity"] = client.integrity_check()
-        report["status_applied"] = client.status()["requests_applied"]
+        report["status_applied"] = client.status()["saves_applied"]
     report["connections"] = _many_connections(address, 64)
     print(json.dumps(report, default=str))
 
@@ -195,6 +201,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "save": save,
     "load": load,
     "outcomes": outcomes,
+    "status": status,
     "matrix": matrix,
     "reject": reject,
     "connect": connect,

@@ -118,7 +118,8 @@ def build_venv(target: Path, project: Path) -> None:
     ExecStart path, where the sandboxes bind it. A Python under ``/root`` (pyenv)
     or ``/tmp`` would be hidden from the system unit by ProtectHome= and
     PrivateTmp=. The project is installed from a copy (pip builds in the source
-    tree) and not in editable mode, as a user installs it.
+    tree) and not in editable mode, as a user installs it, with the replication
+    extra (litestream, in ``/opt/sessionstore/bin``) as docs/replication.md says.
     """
     source = target.parent / "source"
     source.mkdir()
@@ -132,7 +133,7 @@ def build_venv(target: Path, project: Path) -> None:
     script = (
         "set -e; mount -t tmpfs -o mode=755 tmpfs /opt; mkdir /opt/sessionstore; "
         'mount --bind "$0" /opt/sessionstore; /usr/bin/python3 -m venv /opt/sessionstore; '
-        '/opt/sessionstore/bin/pip install --quiet --disable-pip-version-check "$1"'
+        '/opt/sessionstore/bin/pip install --quiet --disable-pip-version-check "$1[replication]"'
     )
     result = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, target, source],

@@ -175,7 +175,7 @@ def test_fifty_clients_and_listing_peers_that_never_read_stay_under_the_bound(
     )
     print(
         f"reply bytes queued at most {status['reply_bytes_queued_peak'] >> 20} MiB; refused "
-        f"over the reply limits {withheld}, too large {status["frames_rejected"]['too_large']}"
+        f"over the reply limits {withheld}, too large {status['frames_rejected']['too_large']}"
     )
     assert withheld > 0
 

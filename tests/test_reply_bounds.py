@@ -248,7 +248,7 @@ def test_one_connection_piling_up_listings_runs_few_of_them_and_others_are_serve
     wait_until(all_answered(client, 200), 60, "the piled-up listings answered")
     status = client.status()
     pinned.close()
-    print(f"another client served in {served_in:.2f}s; refused {status["frames_rejected"]}")
+    print(f"another client served in {served_in:.2f}s; refused {status['frames_rejected']}")
     assert served_in < 5.0
     assert status["replies_refused_over_peer_bytes"] >= 190  # 2 MiB: two 1 MiB pages run
     assert d.stop() == 0

@@ -668,6 +668,132 @@ GUARANTEES: tuple[Guarantee, ...] = (
         ),
     ),
     Guarantee(
+        title="Replication loses nothing a daemon crash could.",
+        tests=(
+            "tests/test_replication.py::test_file_replica_holds_every_acknowledged_save_after_the_daemon_is_killed",
+            "tests/test_replication.py::test_s3_replica_on_loopback_holds_every_acknowledged_save_after_a_kill",
+            "tests/test_replication.py::test_a_save_right_after_a_restart_reaches_the_replica_at_stop",
+            "tests/test_replication.py::test_a_daemon_killed_as_litestream_restarts_leaves_no_litestream_behind",
+            "tests/test_replication.py::test_replicated_stop_is_prompt_and_uploads_the_last_saves",
+        ),
+        mutations=(
+            Mutation(
+                "litestream_not_stopped_with_its_daemon",
+                "the keeper never stops Litestream when its daemon goes",
+                "service/sessiond/replication.py",
+                (("threading.Thread(target=stop_when_released, daemon=True).start()\n", ""),),
+            ),
+            Mutation(
+                "ready_before_litestream_synced",
+                "the daemon reports ready once Litestream answers, before it has synced the index",
+                "service/sessiond/replication.py",
+                (
+                    (
+                        '            "POST",\n            "/sync",\n',
+                        '            "GET",\n            "/info",\n',
+                    ),
+                ),
+            ),
+            Mutation(
+                "daemon_checkpoints_under_litestream",
+                "the daemon goes on checkpointing the WAL while Litestream replicates it",
+                "src/sessionstore/config.py",
+                (
+                    (
+                        '        return self.checkpoint_mode == "auto" and self.replica is None\n',
+                        '        return self.checkpoint_mode == "auto"\n',
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="A reload never stops replication.",
+        tests=(
+            "tests/test_replication.py::test_sighup_reloads_the_daemon_and_leaves_litestream_running",
+            "tests/test_systemd_units.py::test_replicated_unit_survives_reload_and_hangup_and_its_stop_uploads_every_save",
+        ),
+        mutations=(
+            Mutation(
+                "litestream_killed_by_sighup",
+                "Litestream keeps SIGHUP's default action, which ends it",
+                "service/sessiond/replication.py",
+                (("signal.signal(signal.SIGHUP, signal.SIG_IGN)\n", ""),),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="Restore brings the replica back, then the files win.",
+        tests=(
+            "tests/test_replication.py::test_restore_then_reconcile_adds_what_the_files_hold_beyond_the_replica",
+            "tests/test_replication.py::test_restore_refuses_while_a_daemon_owns_the_index",
+            "tests/test_replication.py::test_restore_keeps_an_index_with_records_unless_forced",
+        ),
+        mutations=(
+            Mutation(
+                "restore_without_reconcile",
+                "restore only reports what reconcile would add",
+                "src/sessionstore/replica.py",
+                (
+                    (
+                        "            result = reconcile(store, settings.learning_root, full=True)\n",
+                        "            result = reconcile(store, settings.learning_root, full=True, dry_run=True)\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "restore_under_a_running_daemon",
+                "restore does not take the index lock",
+                "src/sessionstore/replica.py",
+                (("    with IndexLock(db_path):  #", "    if True:  #"),),
+            ),
+            Mutation(
+                "restore_over_records_unasked",
+                "restore replaces an index holding records without --force",
+                "src/sessionstore/replica.py",
+                (("        if has_data and not force:\n", "        if False:\n"),),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="The stop never waits for readers.",
+        tests=("tests/test_replication.py::test_stop_does_not_wait_for_a_reader",),
+        mutations=(
+            Mutation(
+                "final_checkpoint_waits",
+                "the final TRUNCATE checkpoint waits out the busy timeout for a reader",
+                "service/sessiond/daemon.py",
+                (('store.checkpoint("TRUNCATE", wait=False)', 'store.checkpoint("TRUNCATE")'),),
+            ),
+        ),
+    ),
+    Guarantee(
+        title="Metrics never hold up a save, and each counter counts one thing.",
+        tests=(
+            "tests/test_metrics.py::test_stalled_scrapers_do_not_delay_saves",
+            "tests/test_metrics.py::test_counters_move_with_saves_each_in_its_own_unit",
+        ),
+        mutations=(
+            Mutation(
+                "scrapes_served_one_at_a_time",
+                "a scrape is served on the metrics server's one thread, each waiting for the last",
+                "service/sessiond/metrics.py",
+                (
+                    (
+                        "        super().process_request(request, client_address)\n",
+                        "        self.process_request_thread(request, client_address)\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "duplicates_counted_as_applied",
+                "a duplicate save is counted as applied",
+                "service/sessiond/ingest.py",
+                (("        if result.duplicate:\n", "        if False:\n"),),
+            ),
+        ),
+    ),
+    Guarantee(
         title="A stuck loop is restarted.",
         tests=(
             "tests/test_service.py::test_a_stalled_loop_stops_the_watchdog_pings_and_they_resume_when_it_moves",

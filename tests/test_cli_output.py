@@ -93,7 +93,7 @@ def test_piped_status_shows_times_sizes_and_durations_for_people_and_json_the_ex
     assert LOCAL_ISO.match(shown["started at"]), shown["started at"]
     assert re.fullmatch(r"\d+(\.\d)? (B|KiB|MiB)", shown["db size"]), shown["db size"]
     assert re.fullmatch(r"[\d.]+ (ms|s|min|h)( \d+ (s|min))?", shown["uptime"]), shown["uptime"]
-    assert shown["sessions"] == "3" and shown["requests rejected"] == "none"
+    assert shown["sessions"] == "3" and shown["saves rejected"] == "none"
     assert not re.search(r"\d\.\d{5,}", out)  # no float noise, no raw epoch seconds
     job_lines = out.split("\n\n")[1].splitlines()
     assert job_lines[0].split() == ["job", "runs", "failed", "last", "run", "took", "next"] + [

@@ -459,7 +459,7 @@ def test_litestream_tables_trip_neither_migration_integrity_reconcile_nor_rebuil
     assert plain.stop() == 0
     rebuild = subprocess.run(
         [sys.executable, "-m", "sessionstore", "rebuild", "--learning-root", str(d.learning_root),
-         "--json"],
+         "--files-only", "--json"],  # drops "s", which only the old index held
         capture_output=True, text=True, timeout=120,
         env={**os.environ, "OPENJARVIS_HOME": str(d.learning_root.parent), "SESSIONSTORE_CONFIG": ""},
     )  # fmt: skip

@@ -101,9 +101,7 @@ def test_listing_peers_that_never_read_do_not_pin_daemon_memory(
     print(f"pinned listings: RSS {rss.baseline_mib:.0f} -> {rss.peak_mib:.0f} MiB", end="; ")
     assert growth < bound_mib, f"daemon grew {growth:.0f} MiB"
     assert len(listed) == sessions + 1
-    refused = status["replies_refused_over_peer_bytes"] + status["frames_rejected"].get(
-        "too_large", 0
-    )
+    refused = status["replies_refused_peer_limit"] + status["frames_rejected"].get("too_large", 0)
     print(
         f"queued peak {status['reply_bytes_queued_peak'] / MiB:.1f} MiB; refused {refused}; "
         f"a save meanwhile took {save_seconds:.3f}s"
@@ -250,5 +248,5 @@ def test_one_connection_piling_up_listings_runs_few_of_them_and_others_are_serve
     pinned.close()
     print(f"another client served in {served_in:.2f}s; refused {status['frames_rejected']}")
     assert served_in < 5.0
-    assert status["replies_refused_over_peer_bytes"] >= 190  # 2 MiB: two 1 MiB pages run
+    assert status["replies_refused_peer_limit"] >= 190  # 2 MiB: two 1 MiB pages run
     assert d.stop() == 0

@@ -168,8 +168,8 @@ class ReplyBudget:
             "reply_bytes_queued": self.queued_bytes,
             "reply_bytes_queued_peak": self.peak_bytes,
             "reply_connections_queued": len(self._queues),
-            "replies_refused_over_peer_bytes": self.refused_over_peer,
-            "replies_refused_over_total_bytes": self.refused_over_total,
+            "replies_refused_peer_limit": self.refused_over_peer,
+            "replies_refused_total_limit": self.refused_over_total,
         }
 
     def _over_peer(self, peer: int) -> str:

@@ -138,7 +138,7 @@ def value(key: str, raw: Any) -> str:
 
 def counts(tally: dict[str, int]) -> str:
     """``{"invalid": 3, "malformed": 1}`` -> ``invalid 3, malformed 1``; empty -> ``none``."""
-    return ", ".join(f"{name} {n}" for name, n in tally.items()) or "none"
+    return ", ".join(f"{name} {value(name, n)}" for name, n in tally.items()) or "none"
 
 
 def compact(raw: Any) -> str:

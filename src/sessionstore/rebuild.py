@@ -11,14 +11,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from sessionstore.carryover import Carried, carry_over, open_old_index, parentless
+from sessionstore.dbfiles import fsync_path, remove_db_files, remove_side_files
 from sessionstore.errors import RebuildRefused, SessionStoreError, StorageFailure
 from sessionstore.reconcile import InvalidFile, ReconcileResult, reconcile
 from sessionstore.sessiondirs import SESSION_FILE
 from sessionstore.store import SessionStore
 
 REBUILD_SLICE_FILES = 1000
-
-_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 @dataclass(slots=True)
@@ -71,7 +70,7 @@ def rebuild(
     old = _old_index(db_path, files_only)
     tmp = db_path.with_name(db_path.name + ".rebuild.tmp")
     try:
-        _remove_db_files(tmp)
+        remove_db_files(tmp)
         _create_owner_only(tmp)
         store = SessionStore(tmp, durability="normal")
         try:
@@ -79,7 +78,7 @@ def rebuild(
             store.checkpoint("TRUNCATE")
         except BaseException:
             store.close()
-            _remove_db_files(tmp)
+            remove_db_files(tmp)
             raise
         store.close()
     finally:
@@ -213,15 +212,15 @@ def _swap_in(tmp: Path, db_path: Path) -> None:
     except FileNotFoundError:
         leftover_wal = 0
     if leftover_wal:
-        _remove_db_files(tmp)
+        remove_db_files(tmp)
         raise StorageFailure(f"rebuild: {tmp}-wal still holds {leftover_wal} bytes after close")
-    _remove_side_files(tmp)
-    _fsync_path(tmp)
+    remove_side_files(tmp)
+    fsync_path(tmp)
     with contextlib.suppress(FileNotFoundError):  # keep the old index's permissions
         os.chmod(tmp, stat.S_IMODE(os.stat(db_path).st_mode))
-    _remove_side_files(db_path)
+    remove_side_files(db_path)
     os.replace(tmp, db_path)
-    _fsync_path(db_path.parent)
+    fsync_path(db_path.parent)
 
 
 def _create_owner_only(db: Path) -> None:
@@ -234,23 +233,5 @@ def _create_owner_only(db: Path) -> None:
     fd = os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-
-
-def _remove_side_files(db: Path) -> None:
-    for suffix in _SIDE_FILES:
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-
-
-def _remove_db_files(db: Path) -> None:
-    _remove_side_files(db)
-    db.unlink(missing_ok=True)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)

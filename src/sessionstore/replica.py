@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sessionstore.config import Settings
+from sessionstore.dbfiles import fsync_path, remove_db_files, remove_side_files
 from sessionstore.errors import ConfigError, IntegrityViolation, SessionStoreError, StorageFailure
 from sessionstore.lock import IndexLock
 from sessionstore.reconcile import reconcile
@@ -34,7 +35,6 @@ CONFIG_FILENAME = "litestream.yml"
 CONTROL_SOCKET_FILENAME = "litestream.sock"
 RESTORE_TIMEOUT = 3600.0
 """Seconds ``litestream restore`` may take (a big index from a slow bucket)."""
-_SIDE_FILES = ("-wal", "-shm", "-journal")
 _LOG_LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error"}
 
 
@@ -146,17 +146,17 @@ def restore(settings: Settings, *, force: bool = False) -> dict[str, Any]:
                 f"as {db_path.name}.before-restore-… and restore over it"
             )
         tmp = db_path.with_name(db_path.name + ".restore.tmp")
-        _remove_db_files(tmp)
+        remove_db_files(tmp)
         try:
             _run_litestream_restore(litestream, settings.replica, tmp)
             counts = _check_restored(tmp)
         except BaseException:
-            _remove_db_files(tmp)
+            remove_db_files(tmp)
             raise
         kept = _set_aside(db_path) if has_data else None
-        _remove_side_files(db_path)
+        remove_side_files(db_path)
         os.replace(tmp, db_path)
-        _fsync_dir(db_path.parent)
+        fsync_path(db_path.parent)
         shutil.rmtree(meta_dir(db_path), ignore_errors=True)
         store = SessionStore(db_path)
         try:
@@ -237,21 +237,3 @@ def _set_aside(db_path: Path) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.replace(f"{db_path}{suffix}", f"{kept}{suffix}")
     return kept
-
-
-def _remove_side_files(db: Path) -> None:
-    for suffix in _SIDE_FILES:
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-
-
-def _remove_db_files(db: Path) -> None:
-    _remove_side_files(db)
-    db.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -117,7 +117,9 @@ def test_ready_is_sent_only_once_the_socket_is_bound(daemon_factory: Factory) ->
     assert stat.S_IMODE(path_at_ready.stat().st_mode) == 0o600
     assert "READY=1" in d.messages[0].split("\n")  # nothing announced before READY
     client = SessionStoreClient(d.address, timeout=10)
-    client.retry_first = client.retry_max = 60.0  # no resend: the first attempt must be answered
+    client.transport.retry_first = client.transport.retry_max = (
+        60.0  # no resend: the first attempt must be answered
+    )
     client.save_session(session("first"))
     assert client.get_session("first") is not None
 

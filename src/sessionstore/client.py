@@ -15,40 +15,30 @@ client keeps working in a child after ``fork``).
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import zmq
-import zmq.auth
 from pydantic import TypeAdapter, ValidationError
 
 from sessionstore import paging, protocol, retries
 from sessionstore.config import load_settings
 from sessionstore.errors import (
-    ConfigError,
     DaemonUnavailable,
     DeadlineExpired,
     MalformedRequest,
     PipelineError,
-    RequestTooLarge,
     ShuttingDown,
 )
 from sessionstore.inputs import describe_validation_error, listing_args, query_id
 from sessionstore.models import EditOutcome, LearningSession, SessionStatus
 from sessionstore.pipeline import Pipeline
 from sessionstore.records import gc_paused, read_models
+from sessionstore.transport import Transport
 
-# Resend an unanswered request after this long, doubling up to the cap: long enough
-# that a busy daemon is not flooded with copies, short enough to ride out a restart.
-RETRY_FIRST = 1.0
-RETRY_MAX = 4.0
 _RETRYABLE = (ShuttingDown, DaemonUnavailable)
 """Refusals that mean "not now": retried with back-off until the call's deadline."""
 
@@ -63,12 +53,6 @@ def _records(adapter: TypeAdapter[list[Any]], result: Any, op: str) -> list[Any]
         raise MalformedRequest(
             describe_validation_error(f"{op} reply from sessiond", err)
         ) from None
-
-
-@dataclass(slots=True)
-class _Thread:
-    pid: int
-    socket: zmq.Socket
 
 
 class SessionStoreClient:
@@ -90,29 +74,27 @@ class SessionStoreClient:
     ) -> None:
         self._models = read_models(models)
         settings = load_settings(address=address)
-        self.address = settings.endpoint
-        self.timeout = float(timeout if timeout is not None else settings.client_timeout)
+        self.transport = Transport(
+            settings,
+            timeout=float(timeout if timeout is not None else settings.client_timeout),
+            max_message_bytes=max_message_bytes,
+        )
         self.max_in_flight = max_in_flight or settings.max_in_flight
-        self.max_message_bytes = max_message_bytes or settings.max_message_bytes
-        self._high_water_mark = settings.high_water_mark
-        self.retry_first = RETRY_FIRST
-        self.retry_max = RETRY_MAX
-        self._curve = _curve_keys(settings.curve_server_key, settings.curve_client_secret_key)
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._sockets: dict[zmq.Socket, threading.Thread] = {}  # socket -> the thread using it
-        self._sockets_pid = os.getpid()
+
+    @property
+    def address(self) -> str:
+        return self.transport.address
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one call may take, retries included."""
+        return self.transport.timeout
 
     # -- the SessionStore API --------------------------------------------------
 
     def close(self) -> None:
         """Close every socket this client opened in this process (the context is shared)."""
-        with self._lock:
-            if self._sockets_pid == os.getpid():
-                for sock in self._sockets:
-                    sock.close(linger=0)
-            self._sockets = {}
-        self._local.__dict__.clear()
+        self.transport.close()
 
     def __enter__(self) -> SessionStoreClient:
         return self
@@ -196,7 +178,7 @@ class SessionStoreClient:
     @contextmanager
     def pipeline(self, max_in_flight: int | None = None) -> Iterator[Pipeline]:
         """Send saves without waiting for each ack; on exit wait for all, raise if any failed."""
-        pipe = Pipeline(self, max_in_flight or self.max_in_flight)
+        pipe = Pipeline(self.transport, max_in_flight or self.max_in_flight)
         try:
             yield pipe
         except BaseException:
@@ -224,27 +206,28 @@ class SessionStoreClient:
             ) from None
 
     def _call(self, rid: str, frame: bytes, timeout: float | None = None) -> Any:
-        self._check_size(frame)
-        sock = self.socket()
+        self.transport.check_size(frame)
+        sock = self.transport.socket()
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         try:
             return self._exchange(sock, rid, frame, deadline, timeout)
         except DeadlineExpired:
             raise  # answered: the peer is alive, and its other copies expire too
         except DaemonUnavailable:
-            self._reset_socket()  # requests queued for a dead peer must not pile up
+            self.transport.reset_socket()  # requests queued for a dead peer must not pile up
             raise
 
     def _exchange(
         self, sock: zmq.Socket, rid: str, frame: bytes, deadline: float, timeout: float | None
     ) -> Any:
-        retry_after = self.retry_first
-        self._send(sock, frame, deadline)
+        transport = self.transport
+        retry_after = transport.retry_first
+        transport.send(sock, frame, deadline)
         resend_at = time.monotonic() + retry_after
         while True:
             now = time.monotonic()
             if now >= deadline:
-                raise self._unavailable(timeout)
+                raise transport.unavailable(timeout)
             if sock.poll(max(1, int((min(resend_at, deadline) - now) * 1000)), zmq.POLLIN):
                 reply = protocol.decode_reply(sock.recv())
                 if reply.id != rid:
@@ -261,97 +244,6 @@ class SessionStoreClient:
                 continue
             if time.monotonic() < resend_at:
                 continue
-            retry_after = min(retry_after * 2, self.retry_max)
+            retry_after = min(retry_after * 2, transport.retry_max)
             resend_at = time.monotonic() + retry_after
-            self._send(sock, frame, deadline)
-
-    def _send(self, sock: zmq.Socket, frame: bytes, deadline: float) -> None:
-        """Send, blocking while the socket's queue is full (back-pressure) until the deadline."""
-        while True:
-            try:
-                sock.send(frame, zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DaemonUnavailable(
-                        f"sessiond at {self.address} is not accepting requests "
-                        "(send queue full until the timeout)"
-                    ) from None
-                sock.poll(max(1, int(remaining * 1000)), zmq.POLLOUT)
-
-    def _check_size(self, frame: bytes) -> None:
-        if len(frame) > self.max_message_bytes:
-            raise RequestTooLarge(
-                f"request of {len(frame)} bytes exceeds the limit of {self.max_message_bytes}"
-            )
-
-    def _unavailable(self, timeout: float | None) -> DaemonUnavailable:
-        took = self.timeout if timeout is None else timeout
-        return DaemonUnavailable(
-            f"no reply from sessiond at {self.address} within {took:g}s "
-            "(is `sessionstore serve` running there?)"
-        )
-
-    def socket(self) -> zmq.Socket:
-        """This thread's DEALER socket, made anew in a forked child."""
-        state: _Thread | None = getattr(self._local, "state", None)
-        pid = os.getpid()
-        if state is not None and state.pid == pid:
-            return state.socket
-        # Context.instance() is per process: pyzmq makes a new one in a forked child,
-        # where the parent's context must not be touched (not even closed).
-        sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, self._high_water_mark)
-        sock.setsockopt(zmq.RCVHWM, self._high_water_mark)
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        if self._curve is not None:
-            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self._curve
-        sock.connect(self.address)
-        self._register(sock, pid)
-        self._local.state = _Thread(pid, sock)
-        return sock
-
-    def _register(self, sock: zmq.Socket, pid: int) -> None:
-        """Keep ``sock`` for :meth:`close`, and close the sockets of threads that have ended.
-
-        Without the pruning, every short-lived thread that made one call left a socket
-        (and its descriptors) open until ``close()``: a process starting threads for
-        its calls ran out of file descriptors. A dead thread's socket is used by nobody,
-        so closing it from this thread is safe even though zmq sockets are not.
-        """
-        with self._lock:
-            if self._sockets_pid != pid:  # forked: the inherited sockets are the parent's
-                self._sockets, self._sockets_pid = {}, pid
-            for old, thread in list(self._sockets.items()):
-                if not thread.is_alive():
-                    del self._sockets[old]
-                    old.close(linger=0)
-            self._sockets[sock] = threading.current_thread()
-
-    def _reset_socket(self) -> None:
-        """Drop this thread's socket so requests queued for a dead peer do not pile up."""
-        state: _Thread | None = getattr(self._local, "state", None)
-        if state is None or state.pid != os.getpid():
-            return
-        with self._lock:
-            self._sockets.pop(state.socket, None)
-        state.socket.close(linger=0)
-        del self._local.state
-
-
-def _curve_keys(
-    server_key: Path | None, client_secret_key: Path | None
-) -> tuple[bytes, bytes, bytes] | None:
-    """(server public, client public, client secret) when CURVE is configured, else None."""
-    if server_key is None and client_secret_key is None:
-        return None
-    if server_key is None or client_secret_key is None:
-        raise ConfigError("CURVE needs both curve_server_key and curve_client_secret_key")
-    server_public, _ = zmq.auth.load_certificate(str(server_key))
-    client_public, client_secret = zmq.auth.load_certificate(str(client_secret_key))
-    if client_secret is None:
-        raise ConfigError(f"curve_client_secret_key: {client_secret_key} holds no secret key")
-    return server_public, client_public, client_secret
+            transport.send(sock, frame, deadline)

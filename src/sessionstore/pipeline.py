@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import zmq
 
@@ -31,9 +30,7 @@ from sessionstore.errors import (
     unknown_request_ids,
 )
 from sessionstore.models import EditOutcome, LearningSession
-
-if TYPE_CHECKING:
-    from sessionstore.client import SessionStoreClient
+from sessionstore.transport import Transport
 
 FRAME_ITEMS = 64
 """Saves per save_batch frame (fewer when they would not fit in the message size limit)."""
@@ -66,13 +63,13 @@ class Pipeline:
 
     def __init__(
         self,
-        client: SessionStoreClient,
+        transport: Transport,
         max_in_flight: int,
         *,
         on_sent: Callable[[list[str]], None] | None = None,
         on_settled: Callable[[str, bool], None] | None = None,
     ) -> None:
-        self._client = client
+        self._transport = transport
         self._max_in_flight = max_in_flight
         self._frame_items = max(1, min(FRAME_ITEMS, max_in_flight))
         self._frames: dict[str, _Frame] = {}
@@ -134,18 +131,18 @@ class Pipeline:
         frame_id = protocol.new_request_id()
         frame = protocol.with_deadline(
             protocol.encode_save_batch(frame_id, [encoded for _, encoded, _ in saves]),
-            retries.save_deadline(self._client.timeout),
+            retries.save_deadline(self._transport.timeout),
         )
         now = time.monotonic()
         entry = _Frame(
             frame,
             {rid: what for rid, _, what in saves},
-            now + self._client.timeout,
-            now + self._client.retry_first,
-            self._client.retry_first,
+            now + self._transport.timeout,
+            now + self._transport.retry_first,
+            self._transport.retry_first,
         )
         try:
-            self._client._send(self._sock, frame, entry.deadline)
+            self._transport.send(self._sock, frame, entry.deadline)
         except DaemonUnavailable as err:
             self._fail_all(entry, err)
             return
@@ -170,11 +167,11 @@ class Pipeline:
         return rid
 
     def _submit(self, rid: str, encoded: bytes, what: str, callers_id: bool) -> None:
-        self._client._check_size(encoded)
+        self._transport.check_size(encoded)
         while self._unsettled >= self._max_in_flight:  # back-pressure: wait for results
             self.flush()
             self._collect()
-        if self._buffer.size + len(encoded) + FRAME_OVERHEAD > self._client.max_message_bytes:
+        if self._buffer.size + len(encoded) + FRAME_OVERHEAD > self._transport.max_message_bytes:
             self.flush()
         if callers_id:  # tracked from here on: its result (_done) forgets it
             self._caller_ids.add(rid)
@@ -196,18 +193,18 @@ class Pipeline:
         now = time.monotonic()
         # A daemon that answered lately is alive and working through our queue: resending
         # then only doubles its work (and its replies), so wait for silence instead.
-        daemon_quiet = now - self._last_heard >= self._client.retry_first
+        daemon_quiet = now - self._last_heard >= self._transport.retry_first
         for frame_id, entry in list(self._frames.items()):
             if now >= entry.deadline:
                 del self._frames[frame_id]
-                self._fail_all(entry, self._client._unavailable(None))
+                self._fail_all(entry, self._transport.unavailable())
             elif now >= entry.resend_at:
-                entry.retry_after = min(entry.retry_after * 2, self._client.retry_max)
+                entry.retry_after = min(entry.retry_after * 2, self._transport.retry_max)
                 entry.resend_at = now + entry.retry_after
                 if not daemon_quiet:
                     continue
                 try:
-                    self._client._send(self._sock, entry.frame, entry.deadline)
+                    self._transport.send(self._sock, entry.frame, entry.deadline)
                 except DaemonUnavailable as err:
                     del self._frames[frame_id]
                     self._fail_all(entry, err)
@@ -250,14 +247,14 @@ class Pipeline:
     @property
     def _sock(self) -> zmq.Socket:
         """The thread's socket, asked for each time: giving up on frames replaces it."""
-        return self._client.socket()
+        return self._transport.socket()
 
     def _fail_all(self, entry: _Frame, err: SessionStoreError) -> None:
         if isinstance(err, DaemonUnavailable):
             # The frame may still be queued in the socket; delivered once the daemon is
             # back, it would apply saves reported failed here (and retried by the caller
             # under new ids). Frames still in flight are resent on the new socket.
-            self._client._reset_socket()
+            self._transport.reset_socket()
         for rid, what in list(entry.waiting.items()):
             if isinstance(err, DaemonUnavailable):  # each save names its own id in doubt
                 self.failures.append((what, type(err)(str(err), unknown_request_ids=(rid,))))

@@ -120,7 +120,7 @@ def timed_pipeline(client: SessionStoreClient, tally: _Tally) -> Iterator[Pipeli
         if started is not None:
             tally.latency(time.monotonic() - started)
 
-    pipe = Pipeline(client, client.max_in_flight, on_sent=sent, on_settled=settled)
+    pipe = Pipeline(client.transport, client.max_in_flight, on_sent=sent, on_settled=settled)
     try:
         yield pipe
     finally:

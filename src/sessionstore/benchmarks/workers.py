@@ -5,9 +5,9 @@ start event, saves, and reports what it saw. In a timed phase every worker reads
 the one deadline the parent set before the start event, saves until it, and
 counts apart the saves acknowledged by then (``in_window``): the phase's
 throughput is those over the window, so a slow starter or a straggler changes
-the count by what it did in the window, never the window's length. Latency is measured by the worker
-itself, per save, with ``time.monotonic()`` (system-wide on Linux, so the
-parent can compare the workers' end times with its start time):
+the count by what it did in the window, never the window's length. Latency is
+measured by the worker itself, per save, with ``time.monotonic()`` (system-wide
+on Linux, so the parent can compare the workers' end times with its start time):
 
 * ``direct`` / ``sync``: the duration of each ``save_outcome`` call, acknowledged
   or failed (a save that waited out the busy timeout counts its 5 s);

@@ -68,8 +68,9 @@ def session(session_id: str, n: int = 0) -> LearningSession:
     )
 
 
-def outcome(edit_id: str, n: int = 0) -> EditOutcome:
-    return EditOutcome(
+def outcome(edit_id: str, n: int = 0, model: type[EditOutcome] = EditOutcome) -> EditOutcome:
+    """An outcome as a caller builds it; ``model``: OpenJarvis's class for the original's row."""
+    return model(
         edit_id=edit_id,
         status="applied",
         benchmark_delta=0.001 * (n % 100),

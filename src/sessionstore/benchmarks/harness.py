@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from sessionstore.benchmarks.measure import LoadWatch, cpu_seconds, total_cpu_seconds
 from sessionstore.benchmarks.workers import WorkerSpec, drain, worker_main
 from sessionstore.errors import SessionStoreError
 
@@ -47,7 +48,7 @@ def spawn_context() -> SpawnContext:
 
 @dataclass(slots=True)
 class GroupResult:
-    """What a group of workers did between the start line and the last ack."""
+    """What a group of workers did: in a timed phase, within its window; else start to last ack."""
 
     wall_seconds: float
     attempted: int
@@ -55,6 +56,13 @@ class GroupResult:
     errors: dict[str, int]
     error_samples: list[str]
     latencies: list[float]
+    in_window: int
+    """Acknowledged within the window (all acknowledged when the phase was not timed)."""
+    timed: bool = False
+    cpu_seconds: dict[str, float | None] | None = None
+    """CPU used in the window: ``daemon`` and ``clients`` (the workers together)."""
+    load_average: dict[str, Any] | None = None
+    """Before the workers were spawned and after the last result (see LoadWatch)."""
 
 
 class WorkerGroup:
@@ -64,13 +72,20 @@ class WorkerGroup:
     report through the same queue and are stopped with the workers.
     """
 
-    def __init__(self, specs: Sequence[WorkerSpec], watch: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        specs: Sequence[WorkerSpec],
+        watch: Callable[[], None] | None = None,
+        phase: str = "",
+    ):
+        self.load = LoadWatch(phase)
         self._ctx = spawn_context()
         self._specs = list(specs)
         self._watch = watch or (lambda: None)
         self.messages = self._ctx.Queue()
         self.start_event = self._ctx.Event()
         self.stop_event = self._ctx.Event()
+        self.deadline = self._ctx.Value("d", 0.0, lock=False)
         self._procs: list[SpawnProcess] = []
         self._pending: list[tuple[str, int, Any]] = []
 
@@ -96,10 +111,11 @@ class WorkerGroup:
         self.messages.close()
         self.messages.join_thread()
 
-    def spawn(self, target: Callable[..., None], *args: Any) -> None:
+    def spawn(self, target: Callable[..., None], *args: Any) -> SpawnProcess:
         proc = self._ctx.Process(target=target, args=args, daemon=True)
         proc.start()
         self._procs.append(proc)
+        return proc
 
     def expect(self, kind: str, timeout: float) -> Any:
         """Wait for one message of ``kind`` (others are kept); fail if a process died."""
@@ -132,29 +148,68 @@ class WorkerGroup:
         *,
         before_start: Callable[[], None] | None = None,
         after_start: Callable[[], None] | None = None,
+        seconds: float | None = None,
+        daemon_pid: int | None = None,
     ) -> GroupResult:
         """Start the workers, release them together, and return their combined tally.
 
         ``before_start`` runs once all are ready (e.g. take the lock they will meet);
         ``after_start`` right after the start line (e.g. trigger a reconcile).
+        With ``seconds`` the phase is timed: one deadline for every worker, set
+        before the start event, and the CPU of the workers (and of ``daemon_pid``)
+        is read from /proc at the start line and at the deadline.
         """
-        for spec in self._specs:
-            self.spawn(worker_main, spec, self.messages, self.start_event, self.stop_event)
+        workers = [
+            self.spawn(
+                worker_main, spec, self.messages, self.start_event, self.stop_event, self.deadline
+            )
+            for spec in self._specs
+        ]
         for _ in self._specs:
             self.expect("ready", READY_TIMEOUT)
         if before_start is not None:
             before_start()
+        pids = [p.pid for p in workers if p.pid is not None]
+        cpu_before = _cpu(pids, daemon_pid)
         started = time.monotonic()
+        if seconds is not None:
+            self.deadline.value = started + seconds
         self.start_event.set()
         if after_start is not None:
             after_start()
+        cpu: dict[str, float | None] | None = None
+        if seconds is not None:
+            self._wait_until(started + seconds)
+            cpu_after = _cpu(pids, daemon_pid)
+            cpu = {k: _delta(cpu_before[k], cpu_after[k]) for k in cpu_before}
         payloads = [self.expect("result", math.inf) for _ in self._specs]
-        for proc in self._procs[: len(self._specs)]:
+        for proc in workers:
             proc.join(STOP_TIMEOUT)
-        return _combine(payloads, started)
+        result = _combine(payloads, started, seconds)
+        if cpu is not None:
+            result.cpu_seconds = cpu
+        result.load_average = self.load.stop()
+        return result
+
+    def _wait_until(self, deadline: float) -> None:
+        """Sleep to the deadline (the phase's clock, not a synchronisation), watching for deaths."""
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, POLL_SECONDS))
+            self._check(math.inf, "the deadline")
 
 
-def _combine(payloads: list[dict[str, Any]], started: float) -> GroupResult:
+def _cpu(pids: list[int], daemon_pid: int | None) -> dict[str, float | None]:
+    return {
+        "daemon": None if daemon_pid is None else cpu_seconds(daemon_pid),
+        "clients": total_cpu_seconds(pids),
+    }
+
+
+def _delta(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else round(after - before, 3)
+
+
+def _combine(payloads: list[dict[str, Any]], started: float, seconds: float | None) -> GroupResult:
     errors: dict[str, int] = {"database_locked": 0, "timeout": 0, "other": 0}
     samples: list[str] = []
     latencies: list[float] = []
@@ -166,14 +221,25 @@ def _combine(payloads: list[dict[str, Any]], started: float) -> GroupResult:
             values = array("d")
             values.frombytes(p["latencies"])
             latencies.extend(values)
-    ended = max(p["ended"] for p in payloads)
+    own_clock = all(p["measured_seconds"] is not None for p in payloads)
+    if seconds is not None:
+        wall = seconds
+    elif own_clock:
+        wall = max(p["measured_seconds"] for p in payloads)  # the ceiling's own clock
+    else:
+        wall = max(p["ended"] for p in payloads) - started
     return GroupResult(
-        wall_seconds=max(ended - started, 1e-9),
+        wall_seconds=max(wall, 1e-9),
         attempted=sum(p["attempted"] for p in payloads),
         acknowledged=sum(p["acknowledged"] for p in payloads),
         errors=errors,
         error_samples=samples,
         latencies=latencies,
+        in_window=sum(p["in_window"] for p in payloads),
+        timed=seconds is not None or own_clock,
+        cpu_seconds={"daemon": None, "clients": sum(p["cpu_seconds"] for p in payloads)}
+        if own_clock
+        else None,
     )
 
 

@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.status import Status
 from rich.table import Table
 
+from sessionstore.benchmarks.measure import load_average
+
 
 def machine(workdir: Path) -> dict[str, Any]:
     """CPU, Python, SQLite and the filesystem the benchmark wrote to."""
@@ -29,14 +31,6 @@ def machine(workdir: Path) -> dict[str, Any]:
         "filesystem": filesystem(workdir),
         "load_average_at_start": load_average(),
     }
-
-
-def load_average() -> list[float]:
-    """1, 5 and 15 minute load averages: other work on the machine skews every number."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
 
 
 def _cpu_model() -> str:
@@ -129,6 +123,13 @@ class Progress:
         else:
             print(f"sessionstore bench: {message}", file=self._stream, flush=True)
 
+    def warn(self, message: str) -> None:
+        """A warning line on stderr, between the progress lines (also under the spinner)."""
+        if self._tty:
+            self._console.print(f"[yellow]warning:[/] {message}")
+        else:
+            print(f"sessionstore bench: warning: {message}", file=self._stream, flush=True)
+
     def _finish(self) -> None:
         if self._tty and self._current is not None:
             took = time.monotonic() - self._since
@@ -152,13 +153,33 @@ def _mib(kib: int | None) -> str:
 
 
 _LABELS = {
-    "direct": "direct",
     "sync": "daemon sync",
     "pipelined": "daemon pipelined",
-    "ceiling": "ceiling (apply_batch)",
+    "ceiling": "ceiling (daemon's INSERTs, 1000/commit)",
 }
-PIPE_WIDTH = 120
+PIPE_WIDTH = 160
 """Table width when stdout is not a terminal (rich would otherwise wrap at 80)."""
+
+
+def _us(cpu: dict[str, Any] | None, who: str) -> str:
+    value = None if cpu is None else cpu.get(who)
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def _load(s: dict[str, Any]) -> str:
+    load = s.get("load_average")
+    if not load or not load["before"] or not load["after"]:
+        return "-"
+    mark = " !" if load["exceeds_cores"] else ""
+    return f"{load['before'][0]:.2f} > {load['after'][0]:.2f}{mark}"
+
+
+def _direct_label(s: dict[str, Any]) -> str:
+    if s["writer"] == "openjarvis":
+        return f"direct, original (openjarvis {s['openjarvis_version']})"
+    if s["writer"] == "sqlite3":
+        return "direct, original (plain sqlite3)"
+    return "direct, this project's SessionStore"
 
 
 def render(report: dict[str, Any], console: Console | None = None) -> None:
@@ -171,7 +192,8 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
     fs = report["machine"]["filesystem"]
     table = Table(
         title=(
-            f"sessionstore bench: {settings['processes']} processes x {settings['saves_per_process']} saves, "
+            f"sessionstore bench: {settings['processes']} processes, "
+            f"{settings['phase_seconds']:g}s per timed phase, "
             f"durability {settings['durability']}, {fs['type']} at {fs['mount_point']}"
         ),
         title_justify="left",
@@ -184,6 +206,9 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
         ("p99 ms", "right"),
         ("max ms", "right"),
         ("failed", "left"),
+        ("CPU µs/save daemon", "right"),
+        ("CPU µs/save clients", "right"),
+        ("load 1m", "right"),
         ("daemon RSS peak MiB", "right"),
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
@@ -192,15 +217,29 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
         lat = s["latency"]
         table.add_row(
             label,
-            str(s["saves_acknowledged"]),
+            str(s["saves_in_window"]),
             f"{s['saves_per_second']:,.0f}",
             _ms(lat, "p50_ms"),
             _ms(lat, "p99_ms"),
             _ms(lat, "max_ms"),
             _failed(s["errors"]),
+            _us(s.get("cpu_us_per_save"), "daemon"),
+            _us(s.get("cpu_us_per_save"), "clients"),
+            _load(s),
             _mib(s.get("daemon", {}).get("peak_rss_kib")),
         )
 
+    def direct_rows(s: dict[str, Any]) -> None:
+        table.add_row(
+            f"{_direct_label(s)}: mean", "", f"{s['saves_per_second']:,.0f}", "", "", "",
+            str(s["saves_failed"]), "-", _us(s["cpu_us_per_save"], "clients"), "", "",
+        )  # fmt: skip
+        row("  before the daemon phases", s["before"])
+        row("  after the daemon phases", s["after"])
+
+    for name in ("direct", "direct_ours"):
+        if scenarios.get(name):
+            direct_rows(scenarios[name])
     for name, label in _LABELS.items():
         if name in scenarios:
             row(label, scenarios[name])
@@ -250,3 +289,5 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
     for name, target in report["targets"].items():
         verdict = "[green]met[/]" if target["met"] else "[red]missed[/]"
         console.print(f"target {name}: {target['value']} (want {target['want']}) {verdict}")
+    for line in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {line}")

@@ -2,13 +2,16 @@
 
 Scenarios (each on a fresh index in its own directory of the work dir):
 
-* ``direct``: N processes, each with its own :class:`SessionStore` on one shared
-  file (WAL, busy timeout 5 s), one commit per ``save_outcome`` — the original
-  library's usage; one process saves the session rows first;
+* ``direct``: N processes on one shared file, a commit per ``save_outcome``, each
+  with the original's store (OpenJarvis's own ``SessionStore`` when the
+  ``openjarvis`` package is installed, else the same path in plain sqlite3: see
+  :mod:`sessionstore.benchmarks.original`) and, as a second row, with this
+  project's ``SessionStore``; each measured before and after the daemon phases;
 * ``sync``: N processes through :class:`SessionStoreClient`, one save in flight each;
 * ``pipelined``: N processes through the client's pipeline (bounded in flight);
-* ``ceiling``: one process, one connection, the same number of rows through
-  ``apply_batch`` in transactions of 1000: what SQLite on this disk can do;
+* ``ceiling``: one process, the daemon's own INSERT statements by ``executemany``
+  on its connection settings, 1000 prebuilt rows per commit: what SQLite on this
+  disk can do;
 * ``contention``: (a) direct writers while another process holds a write
   transaction for ``--lock-seconds`` (twice); (b) sync writers while the daemon
   reconciles ``--reconcile-files`` session.json files it is asked to reconcile
@@ -23,10 +26,11 @@ Scenarios (each on a fresh index in its own directory of the work dir):
 * ``rss`` (only when asked for): daemon RSS after a tenth of ``--rss-outcomes``
   pipelined outcomes and after all of them.
 
-Throughput is acknowledged saves / wall time from the common start line (all
-processes started, connected and waiting) to the last ack. Latency is measured
-by each worker per save (see :mod:`sessionstore.benchmarks.workers` for what
-each scenario times). Peak daemon RSS is VmHWM from ``/proc/<pid>/status``.
+The four throughput phases are timed (``--seconds`` each, see
+:mod:`sessionstore.benchmarks.throughput`); the others end on their own event.
+Latency is measured by each worker per save (see
+:mod:`sessionstore.benchmarks.workers` for what each scenario times). Peak
+daemon RSS is VmHWM from ``/proc/<pid>/status``.
 """
 
 from __future__ import annotations
@@ -39,18 +43,17 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from sessionstore.benchmarks.report import Progress, load_average, machine, render
-from sessionstore.benchmarks.scenarios import (
-    ALL_SCENARIOS,
-    CONTENTION_CYCLES,
-    RUNNERS,
-    BenchOptions,
-)
+from sessionstore.benchmarks import original
+from sessionstore.benchmarks.measure import load_average, load_warnings
+from sessionstore.benchmarks.options import MIN_SECONDS, SHORT_SECONDS, BenchOptions
+from sessionstore.benchmarks.report import Progress, machine, render
+from sessionstore.benchmarks.scenarios import ALL_SCENARIOS, CONTENTION_CYCLES, RUNNERS
+from sessionstore.benchmarks.throughput import direct_phase, direct_summary
 from sessionstore.config import load_settings
 from sessionstore.errors import ConfigError
 
@@ -73,8 +76,12 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
             bound = f"greater than {low:g}" if strict else f"at least {low:g}"
             raise ConfigError(f"invalid --{name} {value:g}: must be {bound}")
 
+    if args.saves is not None:
+        raise ConfigError(
+            "--saves was replaced by --seconds: every throughput phase now runs for a fixed time"
+        )
     at_least("processes", args.processes, 1)
-    at_least("saves", args.saves, 1)
+    at_least("seconds", args.seconds, SHORT_SECONDS if args.allow_short_phases else MIN_SECONDS)
     at_least("reconcile-files", args.reconcile_files, 1)
     at_least("lock-seconds", args.lock_seconds, 0, strict=True)
     at_least("rss-outcomes", args.rss_outcomes, 10)
@@ -88,11 +95,15 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
             f"invalid --scenarios {args.scenarios!r}: choose from {', '.join(ALL_SCENARIOS)}"
         )
     load_settings(args.config)  # a bad --config fails here, not in the first daemon
+    if "direct" in names:
+        original.choose(args.direct_writer)  # --direct-writer openjarvis without it fails here
     return BenchOptions(
         processes=args.processes,
-        saves=args.saves,
+        seconds=args.seconds,
         durability=args.durability,
-        scenarios=tuple(dict.fromkeys(names)),
+        scenarios=tuple(n for n in ALL_SCENARIOS if n in names),
+        direct_writer=args.direct_writer,
+        short_phases=args.seconds < MIN_SECONDS,
         reconcile_files=args.reconcile_files,
         lock_seconds=args.lock_seconds,
         client_timeout=args.timeout,
@@ -121,15 +132,27 @@ def work_directory(parent: str | Path | None, keep: bool = False) -> Iterator[Pa
             shutil.rmtree(path, ignore_errors=True)
 
 
-def run_bench(opts: BenchOptions, workdir: Path, progress: Any = None) -> dict[str, Any]:
-    """Run the chosen scenarios in ``workdir``; returns the report (see :func:`run_from_cli`)."""
+def run_bench(
+    opts: BenchOptions,
+    workdir: Path,
+    progress: Any = None,
+    warn: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the chosen scenarios in ``workdir``; returns the report (see :func:`run_from_cli`).
+
+    ``warn`` gets each phase whose load average exceeded the core count as it ends
+    (the report's ``warnings`` keeps them too).
+    """
     say = progress or (lambda message: None)
     daemon_settings = load_settings(opts.config)
+    writer, found = original.choose(opts.direct_writer)
     report: dict[str, Any] = {
         "machine": machine(workdir),
         "settings": {
             "processes": opts.processes,
-            "saves_per_process": opts.saves,
+            "phase_seconds": opts.seconds,
+            "short_phases": opts.short_phases,
+            "direct_writer": writer,
             "durability": opts.durability,
             "scenarios": list(opts.scenarios),
             "reconcile_files": opts.reconcile_files,
@@ -148,17 +171,52 @@ def run_bench(opts: BenchOptions, workdir: Path, progress: Any = None) -> dict[s
             "workdir": str(workdir),
         },
         "scenarios": {},
+        "warnings": [],
     }
+    if opts.short_phases:
+        _warn(
+            report,
+            warn,
+            f"phases of {opts.seconds:g}s (under {MIN_SECONDS:g}): numbers not meaningful",
+        )
+    scenarios = report["scenarios"]
     started = time.monotonic()
+    daemon_phases = [n for n in ("sync", "pipelined") if n in opts.scenarios]
+    before: dict[str, Any] = {}
     for name in opts.scenarios:
         root = workdir / name
         root.mkdir()
-        report["scenarios"][name] = RUNNERS[name](opts, root, say)
+        if name == "direct":
+            # the original first and last, ours in between: a drift weighs on both alike
+            for label, who in (("direct", writer), ("direct_ours", "ours")):
+                before[label] = direct_phase(opts, root / f"{label}-before", who, "before", say)
+                scenarios[label] = None  # keeps the rows' order; filled in after
+        else:
+            scenarios[name] = RUNNERS[name](opts, root, say)
+        if before and name == (daemon_phases[-1] if daemon_phases else "direct"):
+            for label, who in (("direct_ours", "ours"), ("direct", writer)):
+                after = direct_phase(opts, workdir / "direct" / f"{label}-after", who, "after", say)
+                scenarios[label] = direct_summary(
+                    who, found if who == writer else None, before[label], after
+                )
+        if name != "direct":  # the direct rows are complete only at the end
+            for line in load_warnings(scenarios[name], name):
+                _warn(report, warn, line)
+    if before:
+        for label in ("direct", "direct_ours"):
+            for line in load_warnings(scenarios[label], label):
+                _warn(report, warn, line)
     report["settings"]["elapsed_seconds"] = round(time.monotonic() - started, 1)
     report["machine"]["load_average_at_end"] = load_average()
     report["ratios"] = ratios(report["scenarios"])
     report["targets"] = targets(report["scenarios"], report["ratios"])
     return report
+
+
+def _warn(report: dict[str, Any], warn: Callable[[str], None] | None, line: str) -> None:
+    report["warnings"].append(line)
+    if warn is not None:
+        warn(line)
 
 
 def _rate(scenarios: dict[str, Any], name: str) -> float | None:
@@ -176,6 +234,9 @@ def ratios(scenarios: dict[str, Any]) -> dict[str, float | None]:
     return {
         "daemon_sync_vs_direct": ratio("sync", "direct"),
         "daemon_pipelined_vs_direct": ratio("pipelined", "direct"),
+        "daemon_sync_vs_direct_ours": ratio("sync", "direct_ours"),
+        "daemon_pipelined_vs_direct_ours": ratio("pipelined", "direct_ours"),
+        "direct_ours_vs_direct": ratio("direct_ours", "direct"),
         "daemon_sync_vs_ceiling": ratio("sync", "ceiling"),
         "daemon_pipelined_vs_ceiling": ratio("pipelined", "ceiling"),
     }
@@ -232,7 +293,7 @@ def run_from_cli(args: argparse.Namespace) -> int:
         work_directory(args.workdir, keep=bool(args.debug)) as workdir,
         Progress() as progress,
     ):
-        report = run_bench(opts, workdir, progress)
+        report = run_bench(opts, workdir, progress, progress.warn)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -1,9 +1,13 @@
 """What runs inside each benchmark process (spawned, so nothing is inherited but the spec).
 
 A worker opens its own store or client, reports ``ready``, waits on the common
-start event, saves, and reports what it saw. Latency is measured by the worker
-itself, per save, with ``time.monotonic()`` (system-wide on Linux, so the
-parent can compare the workers' end times with its start time):
+start event, saves, and reports what it saw. In a timed phase every worker reads
+the one deadline the parent set before the start event, saves until it, and
+counts apart the saves acknowledged by then (``in_window``): the phase's
+throughput is those over the window, so a slow starter or a straggler changes
+the count by what it did in the window, never the window's length. Latency is
+measured by the worker itself, per save, with ``time.monotonic()`` (system-wide
+on Linux, so the parent can compare the workers' end times with its start time):
 
 * ``direct`` / ``sync``: the duration of each ``save_outcome`` call, acknowledged
   or failed (a save that waited out the busy timeout counts its 5 s);
@@ -11,11 +15,12 @@ parent can compare the workers' end times with its start time):
   the moment the pipeline read its ack (time spent waiting for room in the
   in-flight window is not part of it; that wait is the back-pressure that
   throughput already shows);
-* ``ceiling``: per ``apply_batch`` call, i.e. one number per batch of rows.
+* ``ceiling``: per transaction of ``batch_size`` rows, i.e. one number per commit.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import queue
 import signal
@@ -29,11 +34,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sessionstore.benchmarks import data
+from sessionstore import batch, protocol, records
+from sessionstore.benchmarks import data, original
+from sessionstore.benchmarks.original import DirectWriter
 from sessionstore.client import SessionStoreClient
-from sessionstore.errors import DaemonUnavailable, SessionStoreError
+from sessionstore.errors import DaemonUnavailable
 from sessionstore.pipeline import Pipeline
-from sessionstore.store import Durability, OutcomeWrite, SessionStore
+from sessionstore.store import Durability, SessionStore
 
 WorkerKind = Literal["direct", "sync", "pipelined", "ceiling"]
 PARENT_CHECK_SECONDS = 1.0
@@ -58,7 +65,11 @@ class WorkerSpec:
     """Save until the stop event is set (at least once) instead of ``saves`` times."""
     record_latency: bool = True
     batch_size: int = 1000
-    """Rows per ``apply_batch`` for ``ceiling``."""
+    """Rows per transaction for ``ceiling``."""
+    writer: DirectWriter = "ours"
+    """Whose store a ``direct`` worker saves with (see :mod:`.original`)."""
+    seconds: float = 0.0
+    """A timed phase's length; only ``ceiling`` reads it (its clock runs in transactions only)."""
 
 
 def _exit_if_orphaned() -> None:
@@ -82,12 +93,24 @@ class _Tally:
         self.latencies: array[float] | None = array("d") if record_latency else None
         self.attempted = 0
         self.acknowledged = 0
+        self.in_window = 0
+        """Acknowledged by the deadline (all acknowledged when the phase has none)."""
+        self.deadline = math.inf
+        self.measured_seconds: float | None = None
+        """Ceiling only: the time its transactions took (its window)."""
+        self.cpu_seconds: float | None = None
+        """Ceiling only: the CPU its transactions took."""
         self.errors: Counter[str] = Counter()
         self.samples: list[str] = []
 
     def latency(self, seconds: float) -> None:
         if self.latencies is not None:
             self.latencies.append(seconds)
+
+    def acked(self, at: float, count: int = 1) -> None:
+        self.acknowledged += count
+        if at <= self.deadline:
+            self.in_window += count
 
     def failed(self, err: BaseException) -> None:
         self.errors[error_kind(err)] += 1
@@ -98,6 +121,9 @@ class _Tally:
         return {
             "attempted": self.attempted,
             "acknowledged": self.acknowledged,
+            "in_window": self.in_window,
+            "measured_seconds": self.measured_seconds,
+            "cpu_seconds": self.cpu_seconds,
             "errors": dict(self.errors),
             "error_samples": self.samples,
             "ended": ended,
@@ -116,25 +142,32 @@ def timed_pipeline(client: SessionStoreClient, tally: _Tally) -> Iterator[Pipeli
             sent_at[rid] = now
 
     def settled(rid: str, ok: bool) -> None:
+        now = time.monotonic()
         started = sent_at.pop(rid, None)
         if started is not None:
-            tally.latency(time.monotonic() - started)
+            tally.latency(now - started)
+        if ok:
+            tally.acked(now)
 
     pipe = Pipeline(client.transport, client.max_in_flight, on_sent=sent, on_settled=settled)
     try:
         yield pipe
     finally:
         pipe.drain()
-        tally.acknowledged += pipe.acknowledged
         for _, err in pipe.failures:
             tally.failed(err)
 
 
-def _edit_ids(spec: WorkerSpec, stop: Any) -> Iterator[tuple[str, str, int]]:
-    """(session id, edit id, n) for each save this worker makes, spread over its sessions."""
+def _edit_ids(spec: WorkerSpec, stop: Any, deadline: float) -> Iterator[tuple[str, str, int]]:
+    """(session id, edit id, n) for each save this worker makes, spread over its sessions:
+    until the deadline in a timed phase, else until the stop event or ``saves`` of them."""
     sessions = spec.session_ids
     n = 0
-    while (n < 1 or not stop.is_set()) if spec.until_stop else n < spec.saves:
+    while (
+        time.monotonic() < deadline
+        if deadline != math.inf
+        else ((n < 1 or not stop.is_set()) if spec.until_stop else n < spec.saves)
+    ):
         if n % 1000 == 999:
             _exit_if_orphaned()
         sid = sessions[n % len(sessions)]
@@ -143,36 +176,46 @@ def _edit_ids(spec: WorkerSpec, stop: Any) -> Iterator[tuple[str, str, int]]:
 
 
 def _save_each(
-    saver: SessionStore | SessionStoreClient, spec: WorkerSpec, tally: _Tally, stop: Any
+    saver: original.Writer | SessionStoreClient,
+    spec: WorkerSpec,
+    tally: _Tally,
+    stop: Any,
+    model: Any = data.EditOutcome,
 ) -> None:
-    """One timed ``save_outcome`` at a time: the same loop serves the store and the client,
-    which is the drop-in promise at work. Every failure is a data point, not a crash."""
+    """One timed ``save_outcome`` at a time: the same loop serves the stores and the client,
+    which is the drop-in promise at work. Every failure is a data point, not a crash.
+    ``model`` is the caller's outcome class (OpenJarvis's for the original's store)."""
     e = data.EDIT
-    for sid, eid, n in _edit_ids(spec, stop):
+    for sid, eid, n in _edit_ids(spec, stop, tally.deadline):
         tally.attempted += 1
         started = time.monotonic()
         try:
             saver.save_outcome(
-                sid, data.outcome(eid, n), pillar=e.pillar, op=e.op, target=e.target,
+                sid, data.outcome(eid, n, model), pillar=e.pillar, op=e.op, target=e.target,
                 risk_tier=e.risk_tier, rationale=e.rationale,
             )  # fmt: skip
-            tally.acknowledged += 1
+            ended = time.monotonic()
+            tally.acked(ended)
         except Exception as err:
+            ended = time.monotonic()
             tally.failed(err)
-        tally.latency(time.monotonic() - started)
+        tally.latency(ended - started)
 
 
-def _run_direct(spec: WorkerSpec, tally: _Tally, ready: Callable[[], None], stop: Any) -> None:
+Ready = Callable[[], None]
+
+
+def _run_direct(spec: WorkerSpec, tally: _Tally, ready: Ready, stop: Any) -> None:
     assert spec.db_path is not None
-    store = SessionStore(spec.db_path, durability=spec.durability, busy_timeout=spec.busy_timeout)
+    store = original.open_writer(spec.writer, spec.db_path, spec.durability, spec.busy_timeout)
     try:
         ready()
-        _save_each(store, spec, tally, stop)
+        _save_each(store, spec, tally, stop, original.models(spec.writer).EditOutcome)
     finally:
         store.close()
 
 
-def _run_client(spec: WorkerSpec, tally: _Tally, ready: Callable[[], None], stop: Any) -> None:
+def _run_client(spec: WorkerSpec, tally: _Tally, ready: Ready, stop: Any) -> None:
     assert spec.address is not None
     client = SessionStoreClient(
         spec.address, timeout=spec.client_timeout
@@ -186,7 +229,7 @@ def _run_client(spec: WorkerSpec, tally: _Tally, ready: Callable[[], None], stop
             return
         e = data.EDIT
         with timed_pipeline(client, tally) as pipe:
-            for sid, eid, n in _edit_ids(spec, stop):
+            for sid, eid, n in _edit_ids(spec, stop, tally.deadline):
                 tally.attempted += 1
                 pipe.save_outcome(
                     sid, data.outcome(eid, n), pillar=e.pillar, op=e.op, target=e.target,
@@ -196,40 +239,55 @@ def _run_client(spec: WorkerSpec, tally: _Tally, ready: Callable[[], None], stop
         client.close()
 
 
-def _run_ceiling(spec: WorkerSpec, tally: _Tally, ready: Callable[[], None], stop: Any) -> None:
+def _run_ceiling(spec: WorkerSpec, tally: _Tally, ready: Ready, stop: Any) -> None:
+    """The daemon's own statements for a batch of outcome saves (``batch.INSERT_APPLIED`` and
+    ``batch.INSERT_OUTCOME`` by ``executemany``, rows from ``records.outcome_row`` with the
+    daemon's request ids and digests) on its connection settings, ``batch_size`` rows per
+    commit. The rows of each transaction are built before its clock starts, and only the
+    transactions are timed, until they add up to ``spec.seconds``: what SQLite on this disk
+    can do at best with this schema, with nothing of Python's record handling in it.
+    """
     assert spec.db_path is not None
     store = SessionStore(spec.db_path, durability=spec.durability)
+    conn = store._conn  # the connection exactly as the daemon's store sets it up
+    n = 0
     try:
         ready()
-        batch: list[OutcomeWrite] = []
-        for sid, eid, n in _edit_ids(spec, stop):
-            batch.append(OutcomeWrite(sid, data.outcome(eid, n), data.EDIT))
-            if len(batch) >= spec.batch_size:
-                _apply(store, batch, tally)
-                batch = []
-        if batch:
-            _apply(store, batch, tally)
+        timed = cpu = 0.0
+        while timed < spec.seconds:
+            rows, applied = _ceiling_rows(spec, n)
+            n += len(rows)
+            tally.attempted += len(rows)
+            started, cpu_started = time.perf_counter(), time.thread_time()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(batch.INSERT_APPLIED, applied)
+            conn.executemany(batch.INSERT_OUTCOME, rows)
+            conn.execute("COMMIT")
+            took = time.perf_counter() - started
+            cpu += time.thread_time() - cpu_started
+            timed += took
+            tally.latency(took)
+            tally.acked(-math.inf, len(rows))
+            if n % (100 * spec.batch_size) == 0:
+                _exit_if_orphaned()
+        tally.measured_seconds = timed
+        tally.cpu_seconds = cpu
     finally:
         store.close()
 
 
-def _apply(store: SessionStore, batch: list[OutcomeWrite], tally: _Tally) -> None:
-    tally.attempted += len(batch)
-    started = time.monotonic()
-    try:
-        results = store.apply_batch(batch)
-    except SessionStoreError as err:
-        for _ in batch:
-            tally.failed(err)
-        return
-    finally:
-        tally.latency(time.monotonic() - started)
-    for result in results:
-        if result.ok:
-            tally.acknowledged += 1
-        else:
-            assert result.error is not None
-            tally.failed(result.error)
+def _ceiling_rows(spec: WorkerSpec, first: int) -> tuple[list[Any], list[Any]]:
+    """One transaction's outcome rows and applied-request rows, as the daemon makes them."""
+    sessions = spec.session_ids
+    rows = []
+    for n in range(first, first + spec.batch_size):
+        sid = sessions[n % len(sessions)]
+        rows.append(records.outcome_row(sid, data.outcome(data.edit_id(sid, n), n), data.EDIT))
+    now = time.time()
+    applied = [
+        (protocol.new_request_id(), "save_outcome", now, batch.content_digest(row)) for row in rows
+    ]
+    return rows, applied
 
 
 _RUNNERS = {
@@ -240,8 +298,12 @@ _RUNNERS = {
 }
 
 
-def worker_main(spec: WorkerSpec, messages: Any, start: Any, stop: Any) -> None:
-    """Process entry point: report ready, wait for the start, save, report the tally."""
+def worker_main(spec: WorkerSpec, messages: Any, start: Any, stop: Any, deadline: Any) -> None:
+    """Process entry point: report ready, wait for the start, save, report the tally.
+
+    ``deadline`` (a shared double) holds the timed phase's end in ``time.monotonic()``
+    seconds, set by the parent before the start event; 0 when the phase is not timed.
+    """
     # The parent owns Ctrl-C: it stops every worker itself, so a worker must not die
     # half-way with a traceback on the terminal before the parent can clean up.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -251,6 +313,8 @@ def worker_main(spec: WorkerSpec, messages: Any, start: Any, stop: Any) -> None:
         messages.put(("ready", spec.index, None))
         while not start.wait(PARENT_CHECK_SECONDS):
             _exit_if_orphaned()
+        if deadline.value > 0:
+            tally.deadline = deadline.value
 
     try:
         _RUNNERS[spec.kind](spec, tally, ready, stop)

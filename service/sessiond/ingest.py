@@ -37,7 +37,7 @@ from sessiond.replies import ReplyBudget
 from sessiond.security import enable_curve
 from sessiond.stats import IngestStats
 from sessiond.tasks import OffLoopTasks, SlicedTasks, Task
-from sessionstore import protocol
+from sessionstore import fastpath, protocol
 from sessionstore.config import Settings
 from sessionstore.errors import (
     DaemonUnavailable,
@@ -289,7 +289,8 @@ class IngestLoop:
             return None
         frame = frames[1]
         try:
-            return protocol.decode_request(frame, self.settings.max_message_bytes)
+            # the fast path for save_outcome frames; anything it is unsure of, strictly
+            return fastpath.decode_fast(frame, self.settings.max_message_bytes)
         except SessionStoreError as err:
             self._reject(identity, protocol.peek_id(frame), err)
         except Exception as err:  # a decoder bug must cost one request, not the daemon

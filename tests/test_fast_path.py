@@ -410,3 +410,56 @@ def test_non_finite_numbers_are_never_taken() -> None:
         assert fastpath.try_fast(frame) is None
         assert_agree(frame)
     assert not math.isfinite(json.loads(b"1e400"))
+
+
+# -- the client's lean encoding: the same JSON, or the same refusal, as the full check ----------
+
+wild_values = st.one_of(
+    numbers, text, st.none(), st.booleans(), json_values, pydantic_times, datetimes,
+    st.builds(lambda dt, tz: dt.replace(tzinfo=tz), st.datetimes(), zones),
+    st.sampled_from([float("nan"), 1, Path("x"), EditPillar.AGENT, b"x", {"k": 1}, {1: 0.5}]),
+)  # fmt: skip
+
+
+@st.composite
+def outcome_models(draw: st.DrawFn) -> Any:
+    """Our EditOutcome, valid, then maybe with a field assigned anything (not validated)."""
+    from sessionstore.models import EditOutcome
+
+    fields = draw(outcome_dicts())
+    try:
+        model = EditOutcome.model_validate(fields)
+    except Exception:
+        model = EditOutcome(edit_id="e", status="applied")
+    if draw(st.booleans()):
+        name = draw(st.sampled_from(sorted(EditOutcome.model_fields)))
+        setattr(model, name, draw(wild_values))
+    return model
+
+
+def _encoded(encode: Any) -> Any:
+    try:
+        return encode()
+    except SessionStoreError as err:
+        return ("refused", type(err).__name__, str(err))
+
+
+@pytest.mark.filterwarnings(
+    "ignore::UserWarning"
+)  # pydantic's, dumping a field assigned a wrong type
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(outcome_models())
+def test_lean_client_encoding_matches_the_full_check(model: Any) -> None:
+    from sessionstore import inputs
+    from sessionstore.models import EditOutcome
+
+    def full() -> Any:
+        inputs.require_model(EditOutcome, model, "save_outcome")
+        return inputs.checked_json(EditOutcome, model, "save_outcome for session 's1'")[1]
+
+    lean = inputs._lean_outcome_json(model)
+    if lean is not None:
+        assert lean == _encoded(full)
+    args = ("s1", model, "agent", "patch_system_prompt", "t", "auto", "")
+    wire = _encoded(lambda: inputs.wire_outcome(*args)[1])
+    assert wire == _encoded(full)

@@ -254,11 +254,16 @@ class IngestLoop:
         batch_max, budget = self.settings.batch_max, self.settings.batch_max_bytes
         wait_until = time.monotonic() + self.settings.batch_wait_ms / 1000
         while len(messages) < batch_max and budget > 0:
-            try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK)
+            # EVENTS, not a receive that fails: the zmq.Again it raised once a turn cost
+            # more than the check (sync clients make turns of one save)
+            if self._router.get(zmq.EVENTS) & zmq.POLLIN:
+                try:
+                    frames = self._router.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:  # not expected after EVENTS said so; checked again
+                    continue
                 messages.append(frames)
                 budget -= sum(len(frame) for frame in frames)
-            except zmq.Again:
+            else:
                 remaining_ms = (wait_until - time.monotonic()) * 1000
                 # zmq polls in whole milliseconds and truncates: round up, or a wait
                 # under 1 ms would silently be no wait at all.

@@ -308,6 +308,7 @@ def _outcome(edit_id: str, **fields: Any) -> Any:
 @example(pipeline_frame(applied_at=datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)))
 @example(pipeline_frame(benchmark_delta=-0.0, cluster_deltas={"é": 1e-300, "": 0.5}))
 @example(pipeline_frame().replace(b'"saves":[{', b'"saves":[{"deadline":2e9,'))
+@example(pipeline_frame().replace(b'"op":"save_outcome",', b"", 1))  # an item without its op
 @example(pipeline_frame().replace(b'"saves":[{', b'"saves":[{"deadline":1e9,'))
 def test_fast_and_strict_paths_agree_on_every_frame(frame: bytes) -> None:
     assert_agree(frame)

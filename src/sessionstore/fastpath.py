@@ -87,10 +87,23 @@ class _SaveOutcome(msgspec.Struct, forbid_unknown_fields=True, tag_field="op", t
     deadline: _Number | None = None
 
 
+class _BatchItem(msgspec.Struct, forbid_unknown_fields=True):
+    """A save_batch item: ``op`` a required field, as msgspec takes a lone tagged struct
+    without its tag (only a union needs it), where the strict path refuses it."""
+
+    op: Literal["save_outcome"]
+    v: int
+    id: str
+    session_id: str
+    outcome: _Outcome
+    edit: _Edit
+    deadline: _Number | None = None
+
+
 class _SaveBatch(msgspec.Struct, forbid_unknown_fields=True, tag_field="op", tag="save_batch"):
     v: int
     id: str
-    saves: list[_SaveOutcome]
+    saves: list[_BatchItem]
     deadline: _Number | None = None
 
 
@@ -153,7 +166,7 @@ def _deadline(value: float | int | None) -> float | None:
     return value
 
 
-def _write(save: _SaveOutcome, deadline: float | None) -> OutcomeRowWrite:
+def _write(save: _SaveOutcome | _BatchItem, deadline: float | None) -> OutcomeRowWrite:
     """The row ``records.outcome_row`` builds from the validated models, built directly."""
     if not save.session_id:
         raise _Unsure

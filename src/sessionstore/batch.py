@@ -73,6 +73,20 @@ class OutcomeWrite:
 
 
 @dataclass(frozen=True, slots=True)
+class OutcomeRowWrite:
+    """One ``save_outcome`` decoded straight to its row (the daemon's fast path,
+    :mod:`sessionstore.fastpath`): applied exactly as the :class:`OutcomeWrite` the
+    strict decoder would have made, whose ``outcome_row`` ``row`` is."""
+
+    session_id: str
+    edit_id: str
+    row: tuple[Any, ...]
+    request_id: str | None = None
+    deadline: float | None = None
+    """Unix time after which the write is refused unapplied (its sender gave up); None: never."""
+
+
+@dataclass(frozen=True, slots=True)
 class SessionRowWrite:
     """A session row encoded already (reconcile's: parsed and encoded off the loop)."""
 
@@ -93,7 +107,8 @@ class OutcomeRowsWrite:
     deadline: None = None
 
 
-Write = SessionWrite | OutcomeWrite | SessionRowWrite | OutcomeRowsWrite
+Write = SessionWrite | OutcomeWrite | OutcomeRowWrite | SessionRowWrite | OutcomeRowsWrite
+_OUTCOME_SAVES = (OutcomeWrite, OutcomeRowWrite)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,9 +178,9 @@ def _apply_outcomes_together(
     refusals must name the save), and small batches, where the extra lookups cost
     more than they save (a direct ``save_outcome`` would get slower).
     """
-    if len(writes) < SET_WISE_MIN or not all(type(w) is OutcomeWrite for w in writes):
+    if len(writes) < SET_WISE_MIN or not all(type(w) in _OUTCOME_SAVES for w in writes):
         return None
-    outcome_writes: list[OutcomeWrite] = writes  # type: ignore[assignment]
+    outcome_writes: list[OutcomeWrite | OutcomeRowWrite] = writes  # type: ignore[assignment]
     ids = [w.request_id for w in outcome_writes if w.request_id is not None]
     if len(set(ids)) != len(ids):
         return None
@@ -174,7 +189,7 @@ def _apply_outcomes_together(
         w.session_id for w in outcome_writes
     }:
         return None
-    rows = [outcome_row(w.session_id, w.outcome, w.edit) for w in outcome_writes]
+    rows = [_outcome_row(w) for w in outcome_writes]
     digests = [
         None if w.request_id is None else content_digest(row)
         for w, row in zip(outcome_writes, rows, strict=True)
@@ -269,7 +284,7 @@ def _apply_one(conn: sqlite3.Connection, write: Write) -> bool:
     else:
         if not _has_session(conn, write.session_id):
             raise UnknownSession(
-                f"save_outcome {shorten(write.outcome.edit_id)}: session {shorten(write.session_id)} "
+                f"save_outcome {shorten(_edit_id(write))}: session {shorten(write.session_id)} "
                 "is not in the index (save the session first)"
             )
         conn.execute(INSERT_OUTCOME, row)
@@ -346,8 +361,8 @@ def _settle_expired(write: Write, now: float, applied_ids: dict[str, _Applied]) 
 def _row(write: Write) -> tuple[Any, ...]:
     if isinstance(write, SessionWrite):
         return session_row(write.session)
-    if isinstance(write, OutcomeWrite):
-        return outcome_row(write.session_id, write.outcome, write.edit)
+    if isinstance(write, _OUTCOME_SAVES):
+        return _outcome_row(write)
     raise TypeError(f"{type(write).__name__} carries its rows already")  # reconcile's: no id
 
 
@@ -375,4 +390,14 @@ def _describe(write: Write) -> str:
         return f"rows of session {write.session_id!r}"
     if isinstance(write, SessionWrite):
         return f"save_session {shorten(write.session.id)}"
-    return f"save_outcome {shorten(write.outcome.edit_id)} for session {shorten(write.session_id)}"
+    return f"save_outcome {shorten(_edit_id(write))} for session {shorten(write.session_id)}"
+
+
+def _outcome_row(write: OutcomeWrite | OutcomeRowWrite) -> tuple[Any, ...]:
+    if type(write) is OutcomeRowWrite:
+        return write.row
+    return outcome_row(write.session_id, write.outcome, write.edit)  # type: ignore[union-attr]
+
+
+def _edit_id(write: OutcomeWrite | OutcomeRowWrite) -> str:
+    return write.edit_id if type(write) is OutcomeRowWrite else write.outcome.edit_id  # type: ignore[union-attr]

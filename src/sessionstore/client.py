@@ -37,7 +37,7 @@ from sessionstore.inputs import describe_validation_error, listing_args, query_i
 from sessionstore.models import EditOutcome, LearningSession, SessionStatus
 from sessionstore.pipeline import Pipeline
 from sessionstore.records import gc_paused, read_models
-from sessionstore.transport import Transport
+from sessionstore.transport import Transport, recv_within
 
 _RETRYABLE = (ShuttingDown, DaemonUnavailable)
 """Refusals that mean "not now": retried with back-off until the call's deadline."""
@@ -228,8 +228,9 @@ class SessionStoreClient:
             now = time.monotonic()
             if now >= deadline:
                 raise transport.unavailable(timeout)
-            if sock.poll(max(1, int((min(resend_at, deadline) - now) * 1000)), zmq.POLLIN):
-                reply = protocol.decode_reply(sock.recv())
+            received = recv_within(sock, max(1, int((min(resend_at, deadline) - now) * 1000)))
+            if received is not None:
+                reply = protocol.decode_reply(received)
                 if reply.id != rid:
                     continue  # a late answer to an earlier call that gave up
                 if reply.ok:

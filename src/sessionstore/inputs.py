@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import PurePath
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import TzInfo
 
 from sessionstore.errors import InvalidRecord, shorten
 from sessionstore.models import (
@@ -32,6 +33,7 @@ from sessionstore.models import (
     EditPillar,
     EditRiskTier,
     LearningSession,
+    OutcomeStatus,
     SessionStatus,
 )
 from sessionstore.records import OutcomeEdit
@@ -210,9 +212,55 @@ def wire_outcome(
 ) -> tuple[str, str, OutcomeEdit]:
     """:func:`valid_outcome` with the outcome as JSON, for the client (:func:`checked_json`)."""
     sid = checked_id(session_id, "session_id")
-    require_model(EditOutcome, outcome, "save_outcome")
-    _, body = checked_json(EditOutcome, outcome, f"save_outcome for session {shorten(sid)}")
+    body = _lean_outcome_json(outcome)
+    if body is None:
+        require_model(EditOutcome, outcome, "save_outcome")
+        _, body = checked_json(EditOutcome, outcome, f"save_outcome for session {shorten(sid)}")
     return sid, body, checked_edit(pillar, op, target, risk_tier, rationale)
+
+
+_OUTCOME_STATUSES = frozenset(get_args(OutcomeStatus))
+_PLAIN_ZONES = (type(None), timezone, TzInfo)
+"""A datetime's tzinfo the lean path takes: none, the standard library's, pydantic's own."""
+
+
+def _lean_outcome_json(outcome: object) -> str | None:
+    """The JSON :func:`checked_json` would give, when validating anew could change nothing;
+    else None (the full check decides, with its messages).
+
+    The client saves our own ``EditOutcome`` almost always, and re-validating its dump
+    was most of the client's cost per save. When every field already holds exactly
+    the type validation makes of it (a ``str``, a finite ``float``, a ``dict`` of
+    them, a ``datetime``; text ASCII, so no lone surrogate hides in it), validating
+    the dump would give back the same values and :func:`refuse_unstorable` would find
+    nothing, so the model's own JSON is the answer. Anything else (a subclass, an int
+    assigned after construction, non-ASCII text, inf) takes the full path.
+    """
+    if type(outcome) is not EditOutcome:
+        return None
+    fields = outcome.__dict__
+    edit_id, status, delta = fields["edit_id"], fields["status"], fields["benchmark_delta"]
+    deltas, error, applied_at = fields["cluster_deltas"], fields["error"], fields["applied_at"]
+    if not (
+        len(fields) == 6
+        and type(edit_id) is str
+        and edit_id.isascii()
+        and type(status) is str
+        and status in _OUTCOME_STATUSES
+        and (delta is None or (type(delta) is float and delta - delta == 0.0))
+        and (error is None or (type(error) is str and error.isascii()))
+        and (
+            applied_at is None
+            or (type(applied_at) is datetime and type(applied_at.tzinfo) in _PLAIN_ZONES)
+        )
+        and type(deltas) is dict
+        and all(
+            type(k) is str and k.isascii() and type(v) is float and v - v == 0.0
+            for k, v in deltas.items()
+        )
+    ):
+        return None
+    return outcome.model_dump_json()
 
 
 # -- values the index could not give back as they went in -------------------------------
@@ -348,6 +396,17 @@ def checked_edit(
     pillar: object, op: object, target: object, risk_tier: object, rationale: object
 ) -> OutcomeEdit:
     """Validate the Edit fields passed to ``save_outcome`` (the original stored any string)."""
+    if (  # every save on both sides of the wire: plain strings of allowed values, checked at once
+        type(pillar) is str
+        and type(op) is str
+        and type(risk_tier) is str
+        and type(target) is str
+        and type(rationale) is str
+        and pillar in _ENUM_VALUES[EditPillar]
+        and op in _ENUM_VALUES[EditOp]
+        and risk_tier in _ENUM_VALUES[EditRiskTier]
+    ):
+        return OutcomeEdit(pillar, op, target, risk_tier, rationale)
     for name, value in (("target", target), ("rationale", rationale)):
         if not isinstance(value, str):
             raise InvalidRecord(f"{name}: expected a string, got {type(value).__name__}")

@@ -310,6 +310,8 @@ def _outcome(edit_id: str, **fields: Any) -> Any:
 @example(pipeline_frame().replace(b'"saves":[{', b'"saves":[{"deadline":2e9,'))
 @example(pipeline_frame().replace(b'"op":"save_outcome",', b"", 1))  # an item without its op
 @example(pipeline_frame().replace(b'"saves":[{', b'"saves":[{"deadline":1e9,'))
+@example(pipeline_frame().replace(b'"edit":{', b'"edit":{"extra":1,', 1))  # unknown keys
+@example(pipeline_frame().replace(b'"outcome":{', b'"outcome":{"extra":1,', 1))
 def test_fast_and_strict_paths_agree_on_every_frame(frame: bytes) -> None:
     assert_agree(frame)
 

@@ -221,8 +221,31 @@ GUARANTEES: tuple[Guarantee, ...] = (
         tests=(
             "tests/test_daemon.py::test_every_malformed_frame_gets_an_error_reply_and_changes_nothing",
             "tests/test_store.py::test_bad_input_is_refused_by_name_and_changes_nothing",
+            "tests/test_fast_path.py::test_fast_and_strict_paths_agree_on_every_frame",
         ),
         mutations=(
+            Mutation(
+                "fast_path_takes_unknown_edit_keys",
+                "the daemon's fast path stores a save_outcome whose edit has fields it does not define",
+                "src/sessionstore/fastpath.py",
+                (
+                    (
+                        "class _Edit(msgspec.Struct, forbid_unknown_fields=True):\n",
+                        "class _Edit(msgspec.Struct):\n",
+                    ),
+                ),
+            ),
+            Mutation(
+                "fast_path_takes_unknown_outcome_keys",
+                "the daemon's fast path stores an outcome with fields it does not define",
+                "src/sessionstore/fastpath.py",
+                (
+                    (
+                        "class _Outcome(msgspec.Struct, forbid_unknown_fields=True):\n",
+                        "class _Outcome(msgspec.Struct):\n",
+                    ),
+                ),
+            ),
             Mutation(
                 "unknown_fields_accepted",
                 "a request with fields its op does not define is served",

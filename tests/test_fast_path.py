@@ -466,3 +466,16 @@ def test_lean_client_encoding_matches_the_full_check(model: Any) -> None:
     args = ("s1", model, "agent", "patch_system_prompt", "t", "auto", "")
     wire = _encoded(lambda: inputs.wire_outcome(*args)[1])
     assert wire == _encoded(full)
+
+
+def test_the_fast_paths_accepted_values_are_the_models_own() -> None:
+    """The literals the fast path takes are exactly the model enums' values: a value
+    dropped from an enum but left here would be stored by the fast path alone."""
+    from typing import get_args
+
+    from sessionstore.models import OutcomeStatus
+
+    assert set(get_args(fastpath._Pillar)) == {m.value for m in EditPillar}
+    assert set(get_args(fastpath._Op)) == {m.value for m in EditOp}
+    assert set(get_args(fastpath._RiskTier)) == {m.value for m in EditRiskTier}
+    assert set(get_args(fastpath._Status)) == set(get_args(OutcomeStatus))

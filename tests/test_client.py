@@ -192,3 +192,14 @@ def test_a_reply_that_does_not_validate_raises_our_error_naming_the_op(
         ):
             call(client)
         client.close()
+
+
+def test_timeout_set_on_a_client_bounds_its_next_call(tmp_path: Path) -> None:
+    client = SessionStoreClient(f"ipc://{tmp_path / 'nobody.sock'}", timeout=30)
+    client.timeout = 0.3
+    started = time.monotonic()
+    with pytest.raises(DaemonUnavailable, match=r"within 0\.3s"):
+        client.get_session("s")
+    assert time.monotonic() - started < 5
+    assert client.max_message_bytes > 0
+    client.close()

@@ -90,6 +90,15 @@ class SessionStoreClient:
         """Seconds one call may take, retries included."""
         return self.transport.timeout
 
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        self.transport.timeout = float(seconds)
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest request this client sends (a bigger one is refused before sending)."""
+        return self.transport.max_message_bytes
+
     # -- the SessionStore API --------------------------------------------------
 
     def close(self) -> None:

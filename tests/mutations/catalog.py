@@ -236,17 +236,6 @@ GUARANTEES: tuple[Guarantee, ...] = (
                 ),
             ),
             Mutation(
-                "fast_path_takes_unknown_outcome_keys",
-                "the daemon's fast path stores an outcome with fields it does not define",
-                "src/sessionstore/fastpath.py",
-                (
-                    (
-                        "class _Outcome(msgspec.Struct, forbid_unknown_fields=True):\n",
-                        "class _Outcome(msgspec.Struct):\n",
-                    ),
-                ),
-            ),
-            Mutation(
                 "unknown_fields_accepted",
                 "a request with fields its op does not define is served",
                 "src/sessionstore/protocol.py",

@@ -93,7 +93,9 @@ def replication(d: Daemon) -> dict:
 
 def start_writers(d: Daemon, sync: int = 3) -> list[Writer]:
     writers = [Writer(d.address, str(i), 100_000, "sync", WRITER_TIMEOUT) for i in range(sync)]
-    writers.append(Writer(d.address, str(sync), 5_000, "pipeline", WRITER_TIMEOUT))
+    # 1,000: once the daemon is gone each window of 256 waits WRITER_TIMEOUT, so a
+    # writer stopped mid-run gives up within 4 windows, well inside finish(timeout=60)
+    writers.append(Writer(d.address, str(sync), 1_000, "pipeline", WRITER_TIMEOUT))
     return writers
 
 
